@@ -1,0 +1,3 @@
+from migmanagerd.cli.main import main
+
+raise SystemExit(main())

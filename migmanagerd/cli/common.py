@@ -1,0 +1,53 @@
+"""Options shared by several subcommands, nvidia-mig-parted compatible."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+DEFAULT_CONFIG_FILE = "/etc/nvidia-mig-manager/config.yaml"
+DEFAULT_HOOKS_FILE = "/etc/nvidia-mig-manager/hooks.yaml"
+DEFAULT_CLIENTS_FILE = "/etc/nvidia-mig-manager/clients.yaml"
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def add_debug(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-d", "--debug", action="store_true", default=_env_true("MIG_PARTED_DEBUG"),
+        help="more log output (env MIG_PARTED_DEBUG)",
+    )
+
+
+def add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend", choices=("nvml", "sim"), default=os.environ.get("MIGMANAGERD_BACKEND") or "nvml",
+        help="GPU backend (env MIGMANAGERD_BACKEND; default nvml)",
+    )
+
+
+def add_config_file(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-f", "--config-file", default=os.environ.get("MIG_PARTED_CONFIG_FILE") or DEFAULT_CONFIG_FILE,
+        help=f"MIG config file (env MIG_PARTED_CONFIG_FILE; default {DEFAULT_CONFIG_FILE})",
+    )
+
+
+def add_hooks_file(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-k", "--hooks-file", default=os.environ.get("MIG_PARTED_HOOKS_FILE") or None,
+        help=f"hooks file (env MIG_PARTED_HOOKS_FILE; the service uses {DEFAULT_HOOKS_FILE} if it exists)",
+    )
+
+
+def add_selected_config(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    p.add_argument(
+        "-c", "--selected-config", default=None, required=required,
+        help="config name to use (else env MIG_PARTED_SELECTED_CONFIG, else the last applied one)",
+    )
+
+
+def env_selected_config() -> str | None:
+    return os.environ.get("MIG_PARTED_SELECTED_CONFIG") or None
