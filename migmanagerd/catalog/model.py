@@ -97,6 +97,11 @@ class GpuModel:
     notes: str = ""
     # profiles that cannot coexist on one GPU, as groups of GI profile names
     exclusive_groups: tuple[tuple[str, ...], ...] = field(default=())
+    # MIG user guide, "persistence": Ampere keeps MIG mode in the InfoROM (it
+    # survives reboot) and enabling it takes a GPU reset; Hopper and later keep
+    # it in the driver only (lost on reboot or driver reload), no reset needed.
+    mig_mode_persistent: bool = True
+    mig_mode_needs_reset: bool = True
 
     def gi_profile(self, name: str) -> GiProfile | None:
         for p in self.gi_profiles:
