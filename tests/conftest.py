@@ -1,0 +1,70 @@
+"""Shared pytest fixtures.
+
+Real systemd for tests
+======================
+
+``systemd_user`` (function scope) gives a test a REAL systemd user manager on a
+private D-Bus bus (one manager per test session, started on first use; see
+tests/systemd_harness.py and /work/shared/docs/real-systemd-testing.md).
+The object it yields has:
+
+* ``env: dict[str, str]`` — DBUS_SYSTEM_BUS_ADDRESS, DBUS_SESSION_BUS_ADDRESS,
+  XDG_RUNTIME_DIR, XDG_CONFIG_HOME. Merge it into a subprocess's environment,
+  or ``monkeypatch.setenv`` it, and ``pydbus.SystemBus()`` (thus
+  ``SystemdManager.connect()``) and ``systemctl --user`` reach this manager.
+* ``unit_dir: Path`` — where unit files go ($XDG_CONFIG_HOME/systemd/user).
+* ``root: Path`` — the session's temp directory (handy for marker files).
+* ``write_unit(name, text) -> Path`` — write a unit file, or a drop-in when
+  ``name`` is ``"x.service.d/y.conf"``. Call ``daemon_reload()`` afterwards.
+* ``daemon_reload()``
+* ``systemctl(*args, check=True) -> subprocess.CompletedProcess`` — runs
+  ``systemctl --user ARGS`` with ``env``; output captured as text; a non-zero
+  exit raises when ``check`` is true.
+* ``prop(unit, name) -> str`` — ``systemctl --user show -p NAME --value UNIT``.
+* ``wait_for(unit, state, timeout=10)`` — poll ActiveState until it equals
+  ``state``; raises on timeout.
+
+After each test every pending job is cancelled, every unit the test wrote is
+killed, stopped and reset, every file the test added under ``unit_dir``
+(units, drop-ins, mask and enable symlinks) is removed, and the manager is
+reloaded, so tests do not leak into each other.
+
+Tests using it are marked ``systemd`` automatically. They are skipped, with a
+message naming what is missing ("needs root", "needs unshare", "dbus-daemon
+not found"), only where the machine cannot run a user manager at all.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from systemd_harness import SystemdUserManager, UnitSandbox, missing_requirement
+
+
+@pytest.fixture(scope="session")
+def systemd_user_session() -> Iterator[SystemdUserManager]:
+    why = missing_requirement()
+    if why:
+        pytest.skip(f"real systemd user manager unavailable: {why}")
+    manager = SystemdUserManager.start()
+    try:
+        yield manager
+    finally:
+        manager.stop()
+
+
+@pytest.fixture
+def systemd_user(systemd_user_session: SystemdUserManager) -> Iterator[UnitSandbox]:
+    sandbox = UnitSandbox(systemd_user_session)
+    try:
+        yield sandbox
+    finally:
+        sandbox.cleanup()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "systemd_user" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.systemd)

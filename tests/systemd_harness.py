@@ -1,0 +1,277 @@
+"""A real systemd user manager on a private D-Bus bus, for tests.
+
+The build machines do not boot with systemd, but ``systemd --user`` runs fine
+when it sees ``/run/systemd/system`` (it refuses to start otherwise). So the
+manager runs in a private mount namespace (``unshare --mount``) with its own
+tmpfs ``/run``; its bus socket and ``XDG_RUNTIME_DIR`` live in a normal temp
+directory, so the test process itself, outside the namespace, reaches both.
+See /work/shared/docs/real-systemd-testing.md for the recipe this follows.
+
+Everything is torn down by PID (the dbus pid file and the manager's own PID),
+never by process name, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SYSTEMD_BINARY = Path("/lib/systemd/systemd")
+START_TIMEOUT_S = 30.0
+COMMAND_TIMEOUT_S = 30.0
+
+# Runs inside `unshare --mount`. `exec` keeps the manager's PID equal to the
+# PID of the process we started, so we can tear it down by that PID.
+_BOOT_SCRIPT = r"""
+set -e
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/system
+# No --fork: the bus stays a child of this shell, which becomes the manager
+# below, so the manager reaps it when the harness kills it (no zombie left).
+dbus-daemon --session --nofork --address="unix:path=$T/run/bus" --print-address=3 3>"$T/bus.addr" &
+echo $! >"$T/dbus.pid.tmp" && mv "$T/dbus.pid.tmp" "$T/dbus.pid"
+for _ in $(seq 200); do [ -s "$T/bus.addr" ] && break; sleep 0.05; done
+[ -s "$T/bus.addr" ] || { echo "dbus-daemon did not start" >&2; exit 1; }
+exec "$SYSTEMD" --user >"$T/systemd.log" 2>&1
+"""
+
+
+def missing_requirement() -> str | None:
+    """Why this machine cannot run the harness, or None when it can."""
+    if os.geteuid() != 0:
+        return "needs root (for unshare --mount)"
+    if shutil.which("unshare") is None:
+        return "needs unshare (util-linux)"
+    if shutil.which("dbus-daemon") is None:
+        return "dbus-daemon not found (apt-get install dbus)"
+    if not SYSTEMD_BINARY.exists():
+        return f"{SYSTEMD_BINARY} not found (apt-get install systemd)"
+    if shutil.which("systemctl") is None:
+        return "systemctl not found (apt-get install systemd)"
+    return None
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+@dataclass
+class SystemdUserManager:
+    """One running user manager: its temp root, bus address and PIDs."""
+
+    root: Path
+    manager_pid: int
+    dbus_pid: int
+    env: dict[str, str]
+    unit_dir: Path
+    _proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    # --- commands -----------------------------------------------------------
+
+    def systemctl(self, *args: str, check: bool = True, timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+        """`systemctl --user ARGS` against this manager, output captured as text."""
+        return self._run(["systemctl", "--user", *args], check=check, timeout=timeout)
+
+    def _run(self, argv: list[str], *, check: bool, timeout: float) -> subprocess.CompletedProcess:
+        env = {**os.environ, **self.env}
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise HarnessError(
+                f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}"
+            )
+        return proc
+
+    def prop(self, unit: str, name: str) -> str:
+        return self.systemctl("show", "-p", name, "--value", unit).stdout.rstrip("\n")
+
+    def daemon_reload(self) -> None:
+        self.systemctl("daemon-reload")
+
+    def wait_for(self, unit: str, state: str, timeout: float = 10.0) -> None:
+        """Wait until ActiveState of ``unit`` is ``state``; raise on timeout."""
+        deadline = time.monotonic() + timeout
+        seen = ""
+        while time.monotonic() < deadline:
+            seen = self.prop(unit, "ActiveState")
+            if seen == state:
+                return
+            time.sleep(0.05)
+        raise HarnessError(f"{unit}: ActiveState still '{seen}' after {timeout}s, wanted '{state}'")
+
+    # --- lifecycle ----------------------------------------------------------
+
+    @classmethod
+    def start(cls) -> "SystemdUserManager":
+        root = Path(tempfile.mkdtemp(prefix="migmanagerd-systemd-"))
+        run_dir = root / "run"
+        cfg_dir = root / "cfg"
+        unit_dir = cfg_dir / "systemd" / "user"
+        run_dir.mkdir(mode=0o700)
+        unit_dir.mkdir(parents=True)
+        bus = f"unix:path={run_dir}/bus"
+        env = {
+            "DBUS_SYSTEM_BUS_ADDRESS": bus,
+            "DBUS_SESSION_BUS_ADDRESS": bus,
+            "XDG_RUNTIME_DIR": str(run_dir),
+            "XDG_CONFIG_HOME": str(cfg_dir),
+        }
+        boot_env = {
+            **os.environ,
+            **env,
+            "T": str(root),
+            "SYSTEMD": str(SYSTEMD_BINARY),
+        }
+        # The manager must not report readiness to a systemd the tests run under.
+        boot_env.pop("NOTIFY_SOCKET", None)
+        proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "bash", "-c", _BOOT_SCRIPT],
+            env=boot_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        mgr = cls(root=root, manager_pid=proc.pid, dbus_pid=0, env=env, unit_dir=unit_dir, _proc=proc)
+        try:
+            mgr._wait_ready()
+        except BaseException:
+            mgr.stop()
+            raise
+        return mgr
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        pid_file = self.root / "dbus.pid"
+        last = ""
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                raise HarnessError(f"systemd --user exited early ({self._proc.returncode}): {err.strip()} {self._log_tail()}")
+            if not self.dbus_pid and pid_file.exists():
+                text = pid_file.read_text().strip()
+                if text.isdigit():
+                    self.dbus_pid = int(text)
+            if self.dbus_pid:
+                # Not `is-system-running`: outside the namespace there is no
+                # /run/systemd/system, so systemctl would answer "offline".
+                proc = self.systemctl("show", "-p", "SystemState", "--value", check=False, timeout=5)
+                last = proc.stdout.strip() or proc.stderr.strip()
+                # "degraded" means some stock user unit failed; the manager works.
+                if last in ("running", "degraded"):
+                    return
+            time.sleep(0.05)
+        raise HarnessError(f"systemd --user not ready after {START_TIMEOUT_S}s (last answer: {last!r}) {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        log = self.root / "systemd.log"
+        try:
+            return "log: " + " | ".join(log.read_text(errors="replace").splitlines()[-5:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """Stop the bus, then the manager (its parent, which reaps it), by PID;
+        remove the temp root."""
+        if self.dbus_pid:
+            _terminate(self.dbus_pid, lambda: not _alive(self.dbus_pid))
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                _terminate(self._proc.pid, lambda: self._proc.poll() is not None)
+            if self._proc.stderr:
+                self._proc.stderr.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of ours still answers kill(0); it is gone for our purpose.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def _terminate(pid: int, gone, grace_s: float = 10.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if gone():
+                return
+            time.sleep(0.05)
+
+
+class UnitSandbox:
+    """The per-test view of the shared manager: tracks what a test wrote and
+    undoes it afterwards (stop, remove files, reload) so tests do not leak."""
+
+    def __init__(self, manager: SystemdUserManager) -> None:
+        self._mgr = manager
+        self.env = manager.env
+        self.unit_dir = manager.unit_dir
+        self.root = manager.root
+        self._written: list[str] = []
+        self._baseline = set(_tree(manager.unit_dir))
+
+    def write_unit(self, name: str, text: str) -> Path:
+        """Write a unit file (or a drop-in, e.g. ``x.service.d/y.conf``)."""
+        path = self.unit_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        unit = name.split("/", 1)[0]
+        if unit.endswith(".d"):
+            unit = unit[:-2]
+        if unit not in self._written:
+            self._written.append(unit)
+        return path
+
+    def daemon_reload(self) -> None:
+        self._mgr.daemon_reload()
+
+    def systemctl(self, *args: str, check: bool = True, timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+        return self._mgr.systemctl(*args, check=check, timeout=timeout)
+
+    def prop(self, unit: str, name: str) -> str:
+        return self._mgr.prop(unit, name)
+
+    def wait_for(self, unit: str, state: str, timeout: float = 10.0) -> None:
+        self._mgr.wait_for(unit, state, timeout)
+
+    def cleanup(self) -> None:
+        mgr = self._mgr
+        # Pending jobs first: a queued start would otherwise restart a unit we stop.
+        for line in mgr.systemctl("list-jobs", "--no-legend", "--plain", check=False).stdout.splitlines():
+            job = line.split(None, 1)[0] if line.strip() else ""
+            if job.isdigit():
+                mgr.systemctl("cancel", job, check=False)
+        if self._written:
+            # SIGKILL first so slow ExecStop= commands cannot stretch teardown.
+            mgr.systemctl("kill", "--signal=SIGKILL", *self._written, check=False)
+            mgr.systemctl("stop", *self._written, check=False)
+            mgr.systemctl("reset-failed", *self._written, check=False)
+        for rel in sorted(set(_tree(self.unit_dir)) - self._baseline, key=lambda p: -len(p.parts)):
+            path = self.unit_dir / rel
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        mgr.systemctl("daemon-reload", check=False)
+        self._written.clear()
+
+
+def _tree(root: Path) -> list[Path]:
+    return [p.relative_to(root) for p in root.rglob("*")]
