@@ -157,6 +157,14 @@ def _filters(node: YNode, context: str) -> tuple[DeviceFilter, ...]:
 
 
 def _filter(node: YNode, context: str, field: str) -> DeviceFilter:
+    if node.kind == "scalar" and isinstance(node.value, int) and not isinstance(node.value, bool):
+        # YAML reads an unquoted 0x20B010DE as a number; say how to fix it.
+        raise SpecError(
+            f"expected a string, got an integer; quote PCI ids, e.g. \"0x{node.value:08X}\"",
+            node.loc,
+            context=context,
+            field=field,
+        )
     text = require_str(node, context=context, field=field)
     m = _FILTER.match(text.strip())
     if m is None:
