@@ -1,0 +1,146 @@
+"""Runs hooks.yaml hooks the way nvidia-mig-parted does, with a time bound.
+
+Each hook is ``[command, *args]`` executed directly (no shell: shipped hooks
+call ``/bin/bash -c`` themselves), in ``workdir``, with the daemon's
+environment plus the apply's variables plus the hook's own ``envs``. Output is
+logged line by line as it arrives so a stuck hook is visible in the journal.
+A hook that outlives ``timeout_s`` has its whole process group killed: hooks
+run before GPU clients are restarted, so a hang must not hold the node.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from typing import IO, Mapping
+
+from migmanagerd.errors import MigManagerError
+from migmanagerd.log import get_logger
+from migmanagerd.spec.types import HOOK_NAMES, HookSpec, HooksFile
+
+log = get_logger("hooks")
+
+# After SIGTERM to a timed-out hook's group, how long its leader may take to
+# exit before the whole group gets SIGKILL.
+TERM_GRACE_S = 5.0
+
+
+class HookFailed(MigManagerError):
+    """A hook exited non-zero, timed out or could not be started.
+
+    ``exit_status`` is the exit status, the negative signal number when it was
+    killed by a signal, or None when it timed out or never started.
+    """
+
+    def __init__(self, hook: str, index: int, command: str, exit_status: int | None, reason: str) -> None:
+        self.hook = hook
+        self.index = index
+        self.command = command
+        self.exit_status = exit_status
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"hook {self.hook}[{self.index}] ({self.command}) {self.reason}"
+
+
+class HookRunner:
+    def __init__(self, hooks: HooksFile, env: Mapping[str, str], timeout_s: float = 120.0) -> None:
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self._hooks = hooks
+        self._env = dict(env)
+        self._timeout_s = timeout_s
+
+    def run(self, name: str) -> None:
+        """Run every hook registered under ``name`` in file order; the first
+        failure raises ``HookFailed`` and the rest are not run."""
+        if name not in HOOK_NAMES:
+            raise ValueError(f"unknown hook name {name!r}")
+        for index, spec in enumerate(self._hooks.get(name)):
+            self._run_one(name, index, spec)
+
+    def _run_one(self, name: str, index: int, spec: HookSpec) -> None:
+        tag = f"{name}[{index}]"
+        argv = [spec.command, *spec.args]
+        if spec.workdir is not None and not os.path.isdir(spec.workdir):
+            raise HookFailed(name, index, spec.command, None, f"cannot run: workdir {spec.workdir} does not exist")
+        env = {**os.environ, **self._env, **spec.envs}
+        log.info("running hook %s (%s): %s", tag, spec.loc, " ".join(argv))
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=spec.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, so a timeout can kill all of it
+                close_fds=True,
+            )
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise HookFailed(name, index, spec.command, None, f"could not be started: {reason}") from None
+
+        assert proc.stdout is not None
+        reader = threading.Thread(target=_log_lines, args=(proc.stdout, tag), name=f"hook-{tag}", daemon=True)
+        reader.start()
+        deadline = time.monotonic() + self._timeout_s
+        try:
+            status = proc.wait(timeout=self._timeout_s)
+            # The hook is finished only when its output is closed too: a child it
+            # left behind holding stdout is still part of the hook.
+            reader.join(max(0.0, deadline - time.monotonic()))
+            if reader.is_alive():
+                raise subprocess.TimeoutExpired(argv, self._timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            reader.join(TERM_GRACE_S)
+            raise HookFailed(
+                name, index, spec.command, None,
+                f"timed out after {self._timeout_s:g}s; its process group was killed",
+            ) from None
+        finally:
+            if not reader.is_alive():
+                proc.stdout.close()
+        if status != 0:
+            raise HookFailed(name, index, spec.command, status, _describe_status(status))
+        log.debug("hook %s finished", tag)
+
+
+def _log_lines(stream: IO[bytes], tag: str) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        log.info("hook %s: %s", tag, line)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    pgid = proc.pid  # start_new_session made the hook its group's leader
+    _signal_group(pgid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=TERM_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    # Members that ignored SIGTERM, or outlived the leader, go now.
+    _signal_group(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _describe_status(status: int) -> str:
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"was killed by {name}"
+    return f"failed with exit status {status}"
