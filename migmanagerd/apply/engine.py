@@ -1,0 +1,366 @@
+"""The apply engine: MIG mode, then geometry, GPU by GPU in parallel, with
+per-GPU rollback.
+
+The boot-time service and the ``apply``/``assert``/``plan`` commands call this.
+Every decision is made on an observation and a plan first (``observe``,
+``plan``); only ``apply*`` write, and only what the plan says. A config that
+does not fit raises ``UsageError`` before the first write.
+
+Writes per GPU go through a ``GpuWriter`` journal; when a step fails, that GPU
+alone is undone to the layout it had when the apply started (including its
+MIG mode, with a reset where the mode change needed one), and the other GPUs'
+results stand.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Sequence, TypeVar
+
+from migmanagerd.apply import report as R
+from migmanagerd.apply.compare import differences, format_devices
+from migmanagerd.apply.nodeplan import GpuPlanEntry, NodePlan, plan_node, require_feasible
+from migmanagerd.apply.observe import GpuView, NodeState, observe_gpu, observe_node
+from migmanagerd.apply.progress import Notifier, Progress
+from migmanagerd.apply.report import ApplyReport, GeometryReport, GpuResult, ModeReport
+from migmanagerd.apply.rollback import GpuWriter
+from migmanagerd.catalog.model import CiProfile, GiProfile, GpuModel
+from migmanagerd.gpu.backend import Backend, GpuInfo
+from migmanagerd.log import get_logger
+from migmanagerd.planner.types import GpuPlan, Infeasible, MigDevice
+from migmanagerd.spec.profile import MigProfile, ProfileNameError
+from migmanagerd.spec.types import MigConfig
+
+log = get_logger("apply")
+
+MAX_WORKERS = 16
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def layout_key(view: GpuView) -> tuple:
+    """What "the same layout" means for rollback checks: mode and devices at placements."""
+    devices = sorted((d.placement.start, d.placement.size, d.profile) for d in view.devices)
+    return (view.mode.current, view.mode.pending, tuple(devices))
+
+
+def _ops_since(writer: GpuWriter, before: Counter[str]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in writer.ops.items() if v - before.get(k, 0)}
+
+
+class ApplyEngine:
+    def __init__(
+        self,
+        backend: Backend,
+        catalog=None,
+        notify: Notifier | None = None,
+        *,
+        max_workers: int = MAX_WORKERS,
+    ) -> None:
+        if catalog is None:
+            from migmanagerd.catalog.load import load_catalog
+
+            catalog = load_catalog()
+        self.backend = backend
+        self.catalog = catalog
+        self.notify = notify
+        self.max_workers = max(1, min(MAX_WORKERS, max_workers))
+
+    # --- reading -------------------------------------------------------------
+
+    def model_for(self, info: GpuInfo) -> GpuModel | None:
+        if not info.mig_capable:
+            return None
+        return self.catalog.for_device(info.pci_device_id, info.name)
+
+    def observe(self) -> NodeState:
+        return observe_node(self.backend, self.model_for)
+
+    def observe_gpu(self, view: GpuView) -> GpuView:
+        return observe_gpu(self.backend, view.info, view.model)
+
+    def plan(self, config: MigConfig, *, mode_only: bool = False, state: NodeState | None = None) -> NodePlan:
+        return plan_node(config, state if state is not None else self.observe(), mode_only=mode_only)
+
+    def assert_config(self, config: MigConfig, *, mode_only: bool = False) -> list[str]:
+        """What differs from ``config``, one line per GPU; empty when applied."""
+        return differences(self.plan(config, mode_only=mode_only))
+
+    # --- writing -------------------------------------------------------------
+
+    def apply(self, config: MigConfig, *, mode_only: bool = False, skip_reset: bool = False) -> ApplyReport:
+        state = self.observe()
+        plan = self.plan(config, mode_only=mode_only, state=state)
+        require_feasible(plan)
+        progress = Progress(self.notify, len(state.gpus))
+        selected = plan.selected_gpus
+        if not plan.needs_change:
+            progress.node(f"config '{config.name}' already applied")
+            return ApplyReport(config.name, tuple(self._unchanged(state, plan, i) for i in selected))
+        writers = {i: GpuWriter(self.backend, i, progress.for_gpu(i)) for i in selected}
+        mode_report = None
+        if plan.mode_change_gpus:
+            mode_report = self._mode_phase(plan, state, writers, progress, skip_reset=skip_reset)
+        geometry_report = None
+        if not mode_only:
+            skip = {r.index for r in mode_report.gpus if not r.ok} if mode_report else set()
+            geometry_report = self._geometry_phase(config, state, writers, progress, skip=skip)
+        results = []
+        for i in selected:
+            results.append(self._combine(i, state, plan, writers[i], mode_report, geometry_report))
+        final = ApplyReport(config.name, tuple(results), mode_report, geometry_report)
+        progress.node(final.summary())
+        return final
+
+    def apply_mode(self, plan: NodePlan, *, skip_reset: bool = False) -> ModeReport:
+        state = self.observe()
+        progress = Progress(self.notify, len(state.gpus))
+        writers = {i: GpuWriter(self.backend, i, progress.for_gpu(i)) for i in plan.mode_change_gpus}
+        return self._mode_phase(plan, state, writers, progress, skip_reset=skip_reset)
+
+    def apply_geometry(self, config: MigConfig, *, state: NodeState | None = None) -> GeometryReport:
+        state = state if state is not None else self.observe()
+        progress = Progress(self.notify, len(state.gpus))
+        writers = {v.index: GpuWriter(self.backend, v.index, progress.for_gpu(v.index)) for v in state.gpus}
+        return self._geometry_phase(config, state, writers, progress, skip=set())
+
+    # --- phases --------------------------------------------------------------
+
+    def _parallel(self, fn: Callable[[T], U], items: Sequence[T]) -> list[U]:
+        """Run ``fn`` once per GPU, all GPUs at once (bounded), results in input order."""
+        if len(items) <= 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(max_workers=min(self.max_workers, len(items)), thread_name_prefix="gpu") as pool:
+            return list(pool.map(fn, items))
+
+    def _mode_phase(
+        self,
+        plan: NodePlan,
+        state: NodeState,
+        writers: dict[int, GpuWriter],
+        progress: Progress,
+        *,
+        skip_reset: bool,
+    ) -> ModeReport:
+        entries = [plan.gpu(i) for i in plan.mode_change_gpus]
+        start_ops = {e.index: Counter(writers[e.index].ops) for e in entries}
+        results: dict[int, GpuResult] = {}
+
+        def set_one(entry: GpuPlanEntry) -> GpuResult | None:
+            view = state.gpu(entry.index)
+            writer = writers[entry.index]
+            want = bool(entry.mode_target)
+            try:
+                if not want and view.mode.current:
+                    # NVML refuses to disable MIG while GPU instances exist.
+                    for gi in view.instances:
+                        progress.gpu(entry.index, f"destroying GPU instance {gi.id} at slot {gi.start}", "destroy")
+                        writer.destroy_instance(gi)
+                if entry.mode_pending != want:
+                    progress.gpu(entry.index, f"setting MIG mode {'enabled' if want else 'disabled'}", "set_mode")
+                    writer.set_mode(want, previous=entry.mode_pending)
+            except Exception as exc:
+                return self._undo(view, writer, progress, f"setting MIG mode failed: {exc}", start_ops[entry.index])
+            return None
+
+        for entry, failure in zip(entries, self._parallel(set_one, entries)):
+            if failure is not None:
+                results[entry.index] = failure
+
+        # Which GPUs now wait for a reset to activate the mode.
+        waiting: list[int] = []
+        for entry in entries:
+            if entry.index in results:
+                continue
+            mode = self.backend.mig_mode(entry.index)
+            if mode.current != mode.pending:
+                waiting.append(entry.index)
+        resettable = [i for i in waiting if self.backend.reset_available(i)]
+        reboot = [i for i in waiting if i not in resettable]
+        for i in reboot:
+            results[i] = GpuResult(
+                i, R.REBOOT_REQUIRED, _ops_since(writers[i], start_ops[i]),
+                error="MIG mode change is pending and this GPU cannot be reset here; reboot the node",
+            )
+        reset_done: tuple[int, ...] = ()
+        skipped: tuple[int, ...] = ()
+        if resettable and skip_reset:
+            skipped = tuple(resettable)
+            for i in resettable:
+                results[i] = GpuResult(
+                    i, R.MODE_PENDING, _ops_since(writers[i], start_ops[i]),
+                    error="MIG mode change is pending a GPU reset (reset skipped on request)",
+                )
+        elif resettable:
+            reset_done = self._reset(resettable, state, plan, writers, progress, results, start_ops)
+
+        for entry in entries:
+            i = entry.index
+            if i in results:
+                continue
+            mode = self.backend.mig_mode(i)
+            if mode.current == entry.mode_target and mode.pending == entry.mode_target:
+                results[i] = GpuResult(i, R.APPLIED, _ops_since(writers[i], start_ops[i]))
+            else:
+                results[i] = self._undo(
+                    state.gpu(i), writers[i], progress,
+                    f"MIG mode is {mode.current} (pending {mode.pending}) after the change, wanted {entry.mode_target}",
+                    start_ops[i],
+                )
+        ordered = tuple(results[e.index] for e in entries)
+        return ModeReport(ordered, reset=reset_done, reboot_required=tuple(reboot), reset_skipped=skipped)
+
+    def _reset(self, indices, state, plan, writers, progress, results, start_ops) -> tuple[int, ...]:
+        progress.node(f"resetting GPU(s) {', '.join(map(str, indices))} to activate the MIG mode change", "reset")
+        error: str | None = None
+        try:
+            self.backend.reset(list(indices))
+        except Exception as exc:
+            error = str(exc)
+        done = []
+        for i in indices:
+            want = plan.gpu(i).mode_target
+            mode = self.backend.mig_mode(i)
+            if mode.current == want and mode.pending == want:
+                writers[i].record_reset()
+                done.append(i)
+            else:
+                why = f"GPU reset failed: {error}" if error else f"MIG mode still {mode.current} after reset"
+                results[i] = self._undo(state.gpu(i), writers[i], progress, why, start_ops[i])
+        return tuple(done)
+
+    def _geometry_phase(
+        self,
+        config: MigConfig,
+        state0: NodeState,
+        writers: dict[int, GpuWriter],
+        progress: Progress,
+        *,
+        skip: set[int],
+    ) -> GeometryReport:
+        # Re-observe: the mode phase (a reset) changed what is there.
+        state = self.observe()
+        plan = plan_node(config, state)
+        jobs: list[tuple[GpuView, GpuPlanEntry]] = []
+        results: dict[int, GpuResult] = {}
+        for entry in plan.gpus:
+            if not entry.selected or entry.index in skip:
+                continue
+            view = state.gpu(entry.index)
+            if entry.mode_target and not (view.mode.current and view.mode.pending):
+                results[entry.index] = GpuResult(
+                    entry.index, R.SKIPPED, error="MIG mode is not enabled on this GPU; no MIG devices can be created"
+                )
+                continue
+            jobs.append((view, entry))
+        before_views = {v.index: v for v in state0.gpus}
+
+        def one(job: tuple[GpuView, GpuPlanEntry]) -> GpuResult:
+            view, entry = job
+            writer = writers.get(view.index) or GpuWriter(self.backend, view.index, progress.for_gpu(view.index))
+            return self._apply_gpu(view, entry, writer, before_views.get(view.index, view), progress)
+
+        for (view, _), res in zip(jobs, self._parallel(one, jobs)):
+            results[view.index] = res
+        order = [e.index for e in plan.gpus if e.index in results]
+        return GeometryReport(tuple(results[i] for i in order))
+
+    def _apply_gpu(
+        self, view: GpuView, entry: GpuPlanEntry, writer: GpuWriter, before: GpuView, progress: Progress
+    ) -> GpuResult:
+        i = view.index
+        start = Counter(writer.ops)
+        result = entry.result
+        if isinstance(result, Infeasible) or result is None:
+            reason = result.reason if isinstance(result, Infeasible) else "not planned"
+            return self._fail_before_write(before, writer, progress, f"cannot lay out: {reason}", start)
+        kept = tuple(d.uuid for d in result.keep if d.uuid)
+        if result.is_noop:
+            return GpuResult(i, R.UNCHANGED, kept_uuids=kept)
+        try:
+            creates = [(dev, *self._profiles(view.model, dev)) for dev in result.create]
+        except ValueError as exc:
+            return self._fail_before_write(before, writer, progress, str(exc), start)
+        try:
+            for dev in result.destroy:
+                gi = view.instance(dev.gi_id) if dev.gi_id is not None else None
+                if gi is None:
+                    raise RuntimeError(f"GPU instance for {dev.profile} at slot {dev.placement.start} not found")
+                progress.gpu(i, f"destroying {dev.profile} at slot {dev.placement.start}", "destroy")
+                writer.destroy_instance(gi)
+            for dev, gi_profile, ci_profile in creates:
+                progress.gpu(i, f"creating {dev.profile} at slot {dev.placement.start}", "create")
+                writer.create_device(gi_profile.nvml_id, dev.placement.start, ci_profile.nvml_id)
+        except Exception as exc:
+            return self._undo(before, writer, progress, str(exc), start)
+        after = self.observe_gpu(view)
+        got = Counter(d.profile for d in after.devices)
+        want = Counter(d.profile for d in (*result.keep, *result.create))
+        if got != want:
+            return self._undo(
+                before, writer, progress,
+                f"layout after apply is {format_devices(got)}, wanted {format_devices(want)}", start,
+            )
+        return GpuResult(i, R.APPLIED, _ops_since(writer, start), kept_uuids=kept)
+
+    @staticmethod
+    def _profiles(model: GpuModel | None, dev: MigDevice) -> tuple[GiProfile, CiProfile]:
+        if model is None:
+            raise ValueError(f"no MIG geometry known for this GPU; cannot create {dev.profile}")
+        try:
+            profile = MigProfile.parse(dev.profile)
+        except ProfileNameError as exc:
+            raise ValueError(str(exc)) from None
+        gi_profile = model.gi_profile(profile.gi_name)
+        ci_profile = gi_profile.ci_profile(profile.ci_name) if gi_profile else None
+        if gi_profile is None or ci_profile is None:
+            raise ValueError(f"{model.name} has no MIG profile {dev.profile}")
+        return gi_profile, ci_profile
+
+    # --- outcomes ------------------------------------------------------------
+
+    def _fail_before_write(self, before, writer, progress, error, start) -> GpuResult:
+        # Nothing written in this phase, but an earlier phase of the same
+        # apply may have changed the mode: undo that too.
+        if writer.wrote:
+            return self._undo(before, writer, progress, error, start)
+        return GpuResult(before.index, R.FAILED, error=error)
+
+    def _undo(self, before: GpuView, writer: GpuWriter, progress: Progress, error: str, start: Counter[str]) -> GpuResult:
+        i = before.index
+        log.warning("GPU %d: %s; rolling back to its previous layout", i, error)
+        progress.gpu(i, f"failed ({error}); rolling back", "rollback")
+        undo_errors = writer.rollback()
+        try:
+            after = self.observe_gpu(before)
+            restored = layout_key(after) == layout_key(before)
+            now = format_devices(Counter(d.profile for d in after.devices))
+        except Exception as exc:
+            restored, now = False, f"unreadable ({exc})"
+        ops = _ops_since(writer, start)
+        if restored and not undo_errors:
+            return GpuResult(i, R.ROLLED_BACK, ops, error=error)
+        why = "; ".join(undo_errors) if undo_errors else f"layout after rollback is {now}"
+        return GpuResult(i, R.ROLLBACK_FAILED, ops, error=error, rollback_error=why)
+
+    def _unchanged(self, state: NodeState, plan: NodePlan, index: int) -> GpuResult:
+        entry = plan.gpu(index)
+        kept: Iterable[MigDevice] = entry.result.keep if isinstance(entry.result, GpuPlan) else ()
+        return GpuResult(index, R.UNCHANGED, kept_uuids=tuple(d.uuid for d in kept if d.uuid))
+
+    def _combine(self, index, state, plan, writer, mode_report, geometry_report) -> GpuResult:
+        m = mode_report.result(index) if mode_report else None
+        g = geometry_report.result(index) if geometry_report else None
+        ops = dict(writer.ops)
+        if m is not None and not m.ok:
+            return GpuResult(index, m.status, ops, m.error, (), m.rollback_error)
+        if g is not None:
+            status = g.status
+            if status == R.UNCHANGED and ops:
+                status = R.APPLIED
+            return GpuResult(index, status, ops, g.error, g.kept_uuids, g.rollback_error)
+        if m is not None:
+            return GpuResult(index, m.status, ops)
+        return self._unchanged(state, plan, index)

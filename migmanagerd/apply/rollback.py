@@ -1,0 +1,162 @@
+"""Journaled backend writes on one GPU, and their undo.
+
+Every write the engine makes on a GPU goes through a ``GpuWriter``, which
+records the inverse of each step as it succeeds. When a later step fails, the
+writer undoes the recorded steps newest first, so the GPU returns to the layout
+it had before the apply instead of being left half-built. Undo is best effort:
+it keeps going past a failed step and reports every failure.
+
+GPU-instance ids are chosen by the driver, so a GPU instance recreated during
+undo usually gets a new id; undo maps old ids to new ones for the steps that
+refer to them (the compute instances created inside it).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+from migmanagerd.gpu.backend import Backend, ComputeInstance, GpuInstance
+
+
+@dataclass(frozen=True)
+class _DestroyedCi:
+    gi_id: int
+    profile_id: int
+
+
+@dataclass(frozen=True)
+class _DestroyedGi:
+    gi_id: int
+    profile_id: int
+    start: int
+
+
+@dataclass(frozen=True)
+class _CreatedGi:
+    gi_id: int
+
+
+@dataclass(frozen=True)
+class _CreatedCi:
+    gi_id: int
+    ci_id: int
+
+
+@dataclass(frozen=True)
+class _SetMode:
+    previous: bool  # the pending mode before this write
+
+
+@dataclass(frozen=True)
+class _Reset:
+    pass
+
+
+_Step = _DestroyedCi | _DestroyedGi | _CreatedGi | _CreatedCi | _SetMode | _Reset
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_text: str) -> None:
+    pass
+
+
+class GpuWriter:
+    """Backend writes on GPU ``index``, counted and journaled for undo.
+
+    One writer per GPU per apply; used from one thread at a time.
+    """
+
+    def __init__(self, backend: Backend, index: int, progress: Progress = _quiet) -> None:
+        self.backend = backend
+        self.index = index
+        self.progress = progress
+        self.ops: Counter[str] = Counter()
+        self._journal: list[_Step] = []
+
+    @property
+    def wrote(self) -> bool:
+        return bool(self._journal)
+
+    # --- forward steps -------------------------------------------------------
+
+    def destroy_instance(self, gi: GpuInstance) -> None:
+        """Destroy a GPU instance: its compute instances first, as NVML requires."""
+        for ci in gi.compute_instances:
+            self.backend.destroy_compute_instance(self.index, gi.id, ci.id)
+            self.ops["destroy_ci"] += 1
+            self._journal.append(_DestroyedCi(gi.id, ci.profile_id))
+        self.backend.destroy_gpu_instance(self.index, gi.id)
+        self.ops["destroy_gi"] += 1
+        self._journal.append(_DestroyedGi(gi.id, gi.profile_id, gi.start))
+
+    def create_device(self, gi_profile_id: int, start: int, ci_profile_id: int) -> ComputeInstance:
+        """Create one MIG device: a GPU instance at ``start`` holding one compute instance."""
+        gi = self.backend.create_gpu_instance(self.index, gi_profile_id, start)
+        self.ops["create_gi"] += 1
+        self._journal.append(_CreatedGi(gi.id))
+        ci = self.backend.create_compute_instance(self.index, gi.id, ci_profile_id)
+        self.ops["create_ci"] += 1
+        self._journal.append(_CreatedCi(gi.id, ci.id))
+        return ci
+
+    def set_mode(self, enabled: bool, previous: bool) -> None:
+        self.backend.set_mig_mode(self.index, enabled)
+        self.ops["set_mode"] += 1
+        self._journal.append(_SetMode(previous))
+
+    def record_reset(self) -> None:
+        """The engine resets several GPUs in one call; each GPU's writer notes it."""
+        self.ops["reset"] += 1
+        self._journal.append(_Reset())
+
+    # --- undo ----------------------------------------------------------------
+
+    def rollback(self) -> list[str]:
+        """Undo every journaled step, newest first. Returns the failures (empty: all undone)."""
+        errors: list[str] = []
+        gi_ids: dict[int, int] = {}  # old GI id -> id of its recreation
+        was_reset = False
+
+        def gid(old: int) -> int:
+            return gi_ids.get(old, old)
+
+        for step in reversed(self._journal):
+            try:
+                if isinstance(step, _CreatedCi):
+                    self.progress(f"rollback: destroying compute instance {step.ci_id} in GPU instance {gid(step.gi_id)}")
+                    self.backend.destroy_compute_instance(self.index, gid(step.gi_id), step.ci_id)
+                    self.ops["destroy_ci"] += 1
+                elif isinstance(step, _CreatedGi):
+                    self.progress(f"rollback: destroying GPU instance {gid(step.gi_id)}")
+                    self.backend.destroy_gpu_instance(self.index, gid(step.gi_id))
+                    self.ops["destroy_gi"] += 1
+                elif isinstance(step, _DestroyedGi):
+                    self.progress(f"rollback: recreating GPU instance at slot {step.start}")
+                    gi = self.backend.create_gpu_instance(self.index, step.profile_id, step.start)
+                    self.ops["create_gi"] += 1
+                    gi_ids[step.gi_id] = gi.id
+                elif isinstance(step, _DestroyedCi):
+                    self.progress(f"rollback: recreating compute instance in GPU instance {gid(step.gi_id)}")
+                    self.backend.create_compute_instance(self.index, gid(step.gi_id), step.profile_id)
+                    self.ops["create_ci"] += 1
+                elif isinstance(step, _Reset):
+                    # A reset cannot be undone by itself; the mode step before
+                    # it is, and then needs a reset of its own (below).
+                    was_reset = True
+                elif isinstance(step, _SetMode):
+                    self.progress(f"rollback: setting MIG mode back to {'enabled' if step.previous else 'disabled'}")
+                    self.backend.set_mig_mode(self.index, step.previous)
+                    self.ops["set_mode"] += 1
+                    if was_reset:
+                        mode = self.backend.mig_mode(self.index)
+                        if mode.current != mode.pending:
+                            self.progress("rollback: resetting GPU")
+                            self.backend.reset([self.index])
+                            self.ops["reset"] += 1
+            except Exception as exc:  # best effort: keep undoing the rest
+                errors.append(str(exc))
+        self._journal.clear()
+        return errors

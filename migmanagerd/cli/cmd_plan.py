@@ -1,0 +1,92 @@
+"""``migmanagerd plan``: what ``apply`` would do, per GPU, without touching anything.
+
+Exit 0 when the config fits (whether or not anything would change), 2 when it
+does not fit some GPU (the reasons are printed, or listed under "errors").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from migmanagerd.cli.cmd_apply import add_mode_only
+from migmanagerd.cli.common import add_backend, add_config_file, add_debug, add_selected_config
+from migmanagerd.cli.selection import load_selection, open_engine
+from migmanagerd.errors import EXIT_OK, EXIT_USAGE
+from migmanagerd.planner.types import GpuPlan, MigDevice
+
+# The engine and renderers are imported when a command runs, so `--help`
+# and the other commands work whatever state those modules are in.
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plan",
+        help="show what apply would change, per GPU",
+        description="Print the per-GPU plan for the selected config (keep/destroy/create with placements). "
+        "Exit 0 when it fits, 2 when it does not fit (nothing is ever changed).",
+    )
+    add_config_file(p)
+    add_selected_config(p)
+    add_mode_only(p, "plan")
+    p.add_argument("--json", action="store_true", help="machine-readable output (keys in docs/engine.md)")
+    add_backend(p)
+    add_debug(p)
+    p.set_defaults(func=run)
+
+
+def _devs(devices: tuple[MigDevice, ...]) -> str:
+    return ", ".join(f"{d.profile}@{d.placement.start}" for d in devices)
+
+
+def _onoff(flag: bool | None) -> str:
+    return {True: "enabled", False: "disabled", None: "-"}[flag]
+
+
+def format_plan(plan) -> list[str]:
+    lines = [f"config '{plan.config}':"]
+    for e in plan.gpus:
+        head = f"GPU {e.index} ({e.model})"
+        if not e.selected:
+            lines.append(f"{head}: not selected by this config; left as is")
+            continue
+        mode = f"MIG {_onoff(e.mode_current)}"
+        if e.mode_pending != e.mode_current:
+            mode += f" ({_onoff(e.mode_pending)} pending)"
+        if e.needs_mode_change:
+            mode += f" -> {_onoff(e.mode_target)}"
+        if not e.feasible:
+            lines.append(f"{head}: {mode}; does not fit: {e.result.reason}")
+            continue
+        parts = [mode]
+        r = e.result
+        if isinstance(r, GpuPlan):
+            if r.keep:
+                parts.append(f"keep {_devs(r.keep)}")
+            if r.destroy:
+                parts.append(f"destroy {_devs(r.destroy)}")
+            if r.create:
+                parts.append(f"create {_devs(r.create)}")
+            if r.is_noop and not e.needs_mode_change:
+                parts.append("no change")
+        lines.append(f"{head}: " + "; ".join(parts))
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    _, config = load_selection(args)
+    engine = open_engine(args)
+    try:
+        plan = engine.plan(config, mode_only=args.mode_only)
+    finally:
+        engine.backend.close()
+    if args.json:
+        from migmanagerd.apply.render import plan_json
+
+        print(json.dumps(plan_json(plan), indent=2))
+    else:
+        for line in format_plan(plan):
+            print(line)
+        if not plan.feasible:
+            print(f"config '{plan.config}' does not fit this node")
+    return EXIT_OK if plan.feasible else EXIT_USAGE
