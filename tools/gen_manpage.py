@@ -72,6 +72,8 @@ SOURCE_ENV = re.compile(r"[\"'](" + ENV_NAME.pattern.replace(r"\b", "") + r")[\"
 def roff(text: str) -> str:
     """Escape running text for roff: backslashes, and control characters at line starts."""
     text = text.replace("\\", "\\e")
+    # groff reads bytes, not UTF-8, unless run through preconv; name non-ASCII characters.
+    text = "".join(c if ord(c) < 128 else f"\\[u{ord(c):04X}]" for c in text)
     return "\n".join("\\&" + line if line[:1] in (".", "'") else line for line in text.split("\n"))
 
 
@@ -104,7 +106,7 @@ def option_item(opt: Option) -> list[str]:
             head += " " + arg(opt.metavar)
     body = roff(opt.help) if opt.help else "(undocumented)"
     if opt.choices and opt.takes_value and "{" not in (opt.metavar or ""):
-        body += " One of: " + ", ".join(flag(c) for c in opt.choices) + "."
+        body += ("" if body.endswith(".") else ".") + " One of: " + ", ".join(flag(c) for c in opt.choices) + "."
     return [".TP", head, body]
 
 
