@@ -83,7 +83,8 @@ def test_silent_outside_systemd_but_status_is_logged(monkeypatch):
     logger = logging.getLogger("migmanagerd.status")
     capture = Capture()
     logger.addHandler(capture)
-    monkeypatch.setattr(logger, "level", logging.DEBUG)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     try:
         notifier = Notifier.from_env()
@@ -93,6 +94,7 @@ def test_silent_outside_systemd_but_status_is_logged(monkeypatch):
         notifier.ready()
     finally:
         logger.removeHandler(capture)
+        logger.setLevel(old_level)
     assert [(r.levelno, r.getMessage()) for r in capture.records] == [(logging.INFO, "applying config all-balanced")]
 
 
