@@ -45,6 +45,7 @@ class SlurmDrain:
         self._sleep = sleep
         self._monotonic = monotonic
         self.report: dict = {}
+        self._by_other = False
 
     @property
     def enabled(self) -> bool:
@@ -63,7 +64,11 @@ class SlurmDrain:
         slurmd_running = self._slurmd_active() if self._slurmd_active else True
         try:
             before = self._scontrol.show_node(self.node)
-            self._scontrol.drain(self.node, self._reason(config))
+            by_other = self._by_other = before.drained and not self.ours(before)
+            if not by_other:
+                # An operator's drain (and reason) is left alone: re-draining would
+                # overwrite the reason and make migmanagerd resume the node later.
+                self._scontrol.drain(self.node, self._reason(config))
         except ScontrolError as exc:
             if not slurmd_running:
                 # slurmd is ordered after nvidia-gpu-reset.target: at boot it is not
@@ -75,8 +80,8 @@ class SlurmDrain:
             log.warning("cannot drain node %s: %s; not changing MIG layout", self.node, exc)
             self.report = {"drain": "failed", "proceed": False, "error": str(exc)}
             return False
-        self.report = {"drain": "drained", "node": self.node, "state_before": before.state,
-                       "drained_by_other": before.drained and not self.ours(before)}
+        self.report = {"drain": "already drained by someone else" if by_other else "drained",
+                       "node": self.node, "state_before": before.state}
         if not slurmd_running:
             self.report["wait"] = "skipped: slurmd not running"
             return True
@@ -113,6 +118,8 @@ class SlurmDrain:
     def _give_up(self, config: str | None, detail: str) -> bool:
         log.warning("node %s left drained: %s", self.node, detail)
         self.report.update(wait="gave-up", proceed=False, error=detail)
+        if self._by_other:
+            return False
         try:
             self._scontrol.drain(self.node, self._reason(config, detail))
         except ScontrolError as exc:
