@@ -172,6 +172,17 @@ def test_empty_config_name():
     assert where(e) == (3, 3) and "config name must not be empty" in e.message
 
 
+def test_config_name_with_newline_is_rejected_on_one_line():
+    e = error('version: v1\nmig-configs:\n  "a\\nb":\n    - devices: all\n      mig-enabled: false\n')
+    assert where(e) == (3, 3) and e.message == "key 'a\\nb' contains a control character"
+    assert "\n" not in str(e)
+
+
+def test_bad_filter_with_control_character_stays_one_line():
+    e = error(one_entry('devices: all\ndevice-filter: "0x\\t"\nmig-enabled: false'))
+    assert "'0x\\t' is not a PCI device filter" in e.message and "\t" not in str(e)
+
+
 # --- configs and entries --------------------------------------------------------
 
 
@@ -382,3 +393,68 @@ def test_error_message_is_one_line():
     e = error(one_entry("devices: all\nmig-enabled: true\nmig-devices:\n  1g.5gb: 1.5"))
     assert str(e) == "c.yaml:7:17: config 'a' entry 0: field 'mig-devices.1g.5gb': expected an integer, got a number"
     assert "\n" not in str(e)
+
+
+# --- properties -------------------------------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+import yaml  # noqa: E402
+
+_profiles = st.sampled_from(["1g.5gb", "2g.10gb", "3g.20gb", "1c.3g.20gb", "1g.10gb+me", "7g.40gb", "1g.24gb+gfx"])
+_entries = st.fixed_dictionaries(
+    {
+        "devices": st.one_of(st.just("all"), st.lists(st.integers(0, 15), min_size=1, max_size=4, unique=True)),
+        "mig-enabled": st.booleans(),
+    },
+    optional={"device-filter": st.lists(st.integers(0, 2**32 - 1).map(lambda v: f"0x{v:08X}"), min_size=1, max_size=3)},
+).flatmap(
+    lambda e: st.dictionaries(_profiles, st.integers(1, 7), max_size=3).map(
+        lambda md: {**e, "mig-devices": md if e["mig-enabled"] else {}}
+    )
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.from_regex(r"[a-z][a-z0-9.-]{0,12}", fullmatch=True), st.lists(_entries, min_size=1, max_size=3), min_size=1, max_size=3))
+def test_valid_configs_round_trip(configs):
+    text = yaml.safe_dump({"version": "v1", "mig-configs": configs}, sort_keys=False)
+    cf = parse_config(text, "gen.yaml")
+    assert list(cf.configs) == list(configs)
+    for name, entries in configs.items():
+        parsed = cf.configs[name].entries
+        assert len(parsed) == len(entries)
+        for raw, entry in zip(entries, parsed):
+            assert entry.devices == ("all" if raw["devices"] == "all" else tuple(raw["devices"]))
+            assert entry.mig_enabled is raw["mig-enabled"]
+            assert [str(f) for f in entry.device_filters] == raw.get("device-filter", [])
+            assert [(str(p), n) for p, n in entry.mig_devices] == [
+                (str(MigProfile.parse(k)), v) for k, v in raw["mig-devices"].items()
+            ]
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 9), st.floats(allow_nan=False), st.text(max_size=8),
+                     st.sampled_from(["all", "1g.5gb", "0x20B010DE", "v1"]))
+_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(st.one_of(st.text(max_size=8), st.sampled_from(["devices", "mig-enabled", "mig-devices", "device-filter", "1g.5gb"])), inner, max_size=3)),
+                       max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_values)
+def test_any_yaml_value_is_accepted_or_a_spec_error(entry):
+    """No input makes the parser fail with anything but a located SpecError."""
+    text = yaml.safe_dump({"version": "v1", "mig-configs": {"a": [entry]}})
+    try:
+        parse_config(text, "fuzz.yaml")
+    except SpecError as exc:
+        assert exc.location is not None and exc.location.file == "fuzz.yaml"
+        assert "\n" not in str(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60))
+def test_any_text_is_accepted_or_a_spec_error(text):
+    try:
+        parse_config(text, "fuzz.yaml")
+    except SpecError as exc:
+        assert str(exc).startswith("fuzz.yaml:")

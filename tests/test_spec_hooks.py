@@ -190,3 +190,37 @@ def test_nul_in_argument_rejected():
 def test_duplicate_hook_name():
     e = error("version: v1\nhooks:\n  apply-exit: []\n  apply-exit: []\n")
     assert where(e) == (4, 3) and "duplicate key 'apply-exit'" in e.message
+
+
+def test_env_name_with_newline_is_rejected():
+    e = error(one_hook('command: /bin/true\nenvs: {"A\\nB": x}'))
+    assert where(e) == (5, 14) and "contains a control character" in e.message and "\n" not in str(e)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+import yaml  # noqa: E402
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 9), st.text(max_size=8))
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.one_of(st.text(max_size=6), st.sampled_from(["command", "args", "envs", "workdir"])), inner, max_size=3),
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["apply-start", "apply-exit", "other"]), _values)
+def test_any_hook_value_is_accepted_or_a_one_line_spec_error(name, value):
+    text = yaml.safe_dump({"version": "v1", "hooks": {name: [value]}})
+    try:
+        hf = parse_hooks(text, "fuzz.yaml")
+    except SpecError as exc:
+        assert exc.location is not None and exc.location.file == "fuzz.yaml"
+        assert "\n" not in str(exc)
+    else:
+        (spec,) = hf.get(name)
+        assert isinstance(spec.command, str) and spec.command.strip()
+        assert all(isinstance(a, str) for a in spec.args)

@@ -48,6 +48,27 @@ def parse_config(text: str, filename: str) -> ConfigFile:
     return _build(load_yaml_text(text, filename), filename)
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, so a message stays one line."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return text.encode("unicode_escape").decode("ascii")
+    return text
+
+
+def reject_control_keys(node: YNode) -> None:
+    """A mapping key with a newline or other control character is never
+    meant, and would break the one-line error format and the selector
+    drop-in (a config name ends up in ``Environment=``)."""
+    if node.kind == "map":
+        for key, child in node.value.items():
+            if printable(key) != key:
+                raise SpecError(f"key '{printable(key)}' contains a control character", node.key_locs[key])
+            reject_control_keys(child)
+    elif node.kind == "seq":
+        for child in node.value:
+            reject_control_keys(child)
+
+
 def check_version(root: YNode, *, what: str) -> None:
     """``version: v1`` must be there; checked before the other keys so a
     newer file says "unsupported version" rather than "unknown key"."""
@@ -56,7 +77,7 @@ def check_version(root: YNode, *, what: str) -> None:
     if node is None:
         raise SpecError(f"missing required key 'version' (a {what} starts with 'version: {SUPPORTED_VERSION}')", root.loc)
     if node.kind != "scalar" or node.value != SUPPORTED_VERSION:
-        shown = f"'{node.value}'" if node.kind == "scalar" else node.type_name
+        shown = f"'{printable(str(node.value))}'" if node.kind == "scalar" else node.type_name
         raise SpecError(
             f"unsupported version {shown} (supported: {SUPPORTED_VERSION})", node.loc, field="version"
         )
@@ -64,6 +85,7 @@ def check_version(root: YNode, *, what: str) -> None:
 
 def _build(root: YNode, filename: str) -> ConfigFile:
     check_version(root, what="config file")
+    reject_control_keys(root)
     items = check_keys(root, TOP_KEYS, required=TOP_KEYS)
     configs_node = items["mig-configs"]
     configs_map = require_map(configs_node, field="mig-configs")
@@ -169,7 +191,7 @@ def _filter(node: YNode, context: str, field: str) -> DeviceFilter:
     m = _FILTER.match(text.strip())
     if m is None:
         raise SpecError(
-            f"'{text}' is not a PCI device filter; expected 0xDDDDVVVV (device id, vendor id), "
+            f"'{printable(text)}' is not a PCI device filter; expected 0xDDDDVVVV (device id, vendor id), "
             "optionally :0xSSSSVVVV (subsystem id), e.g. 0x20B010DE",
             node.loc,
             context=context,
@@ -230,5 +252,5 @@ def _mig_devices(
 
 def _describe(node: YNode) -> str:
     if node.kind == "scalar" and isinstance(node.value, str):
-        return f"'{node.value}'"
+        return f"'{printable(node.value)}'"
     return node.type_name

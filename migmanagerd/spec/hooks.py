@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from migmanagerd.errors import SpecError
-from migmanagerd.spec.config import check_version
+from migmanagerd.spec.config import check_version, reject_control_keys
 from migmanagerd.spec.source import (
     YNode,
     check_keys,
@@ -38,6 +38,7 @@ def parse_hooks(text: str, filename: str) -> HooksFile:
 
 def _build(root: YNode, filename: str) -> HooksFile:
     check_version(root, what="hooks file")
+    reject_control_keys(root)
     items = check_keys(root, TOP_KEYS, required=TOP_KEYS)
     hooks_node = items["hooks"]
     hooks_map = require_map(hooks_node, field="hooks")
