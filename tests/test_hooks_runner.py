@@ -26,21 +26,32 @@ def hooks(**by_name: list[HookSpec]) -> HooksFile:
     return HooksFile(path="hooks.yaml", hooks={k.replace("_", "-"): tuple(v) for k, v in by_name.items()})
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @pytest.fixture
-def hook_log(caplog):
-    """Capture the hooks logger directly: setup_logging() elsewhere turns off
-    propagation from the 'migmanagerd' logger, which would hide records from caplog."""
+def hook_log():
+    """Records of the hooks logger, caught on the logger itself: setup_logging()
+    elsewhere turns off propagation from 'migmanagerd', which would hide them
+    from a root-level capture."""
     logger = logging.getLogger("migmanagerd.hooks")
-    logger.addHandler(caplog.handler)
+    handler = _Records()
+    logger.addHandler(handler)
     old = logger.level
     logger.setLevel(logging.DEBUG)
-    yield caplog
-    logger.removeHandler(caplog.handler)
+    yield handler
+    logger.removeHandler(handler)
     logger.setLevel(old)
 
 
-def messages(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records]
+def messages(log) -> list[str]:
+    return [r.getMessage() for r in log.records]
 
 
 def test_hooks_run_in_file_order(tmp_path):
@@ -223,3 +234,34 @@ hooks:
 def test_timeout_must_be_positive():
     with pytest.raises(ValueError):
         HookRunner(hooks(), {}, timeout_s=0)
+
+
+def test_interrupted_wait_leaves_no_hook_processes(tmp_path, monkeypatch):
+    pidfile = tmp_path / "child.pid"
+    hf = hooks(apply_start=[sh(f"sleep 1000 & echo $! > {pidfile}; wait")])
+    real_wait = __import__("subprocess").Popen.wait
+
+    def interrupted_wait(self, timeout=None):
+        if timeout is not None and timeout > 60:  # the runner's wait for the hook itself
+            while not pidfile.exists() or not pidfile.read_text().strip():
+                time.sleep(0.01)
+            raise KeyboardInterrupt
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr("subprocess.Popen.wait", interrupted_wait)
+    with pytest.raises(KeyboardInterrupt):
+        HookRunner(hf, {}, timeout_s=120).run("apply-start")
+    child = int(pidfile.read_text())
+    for _ in range(100):
+        if _gone(child):
+            break
+        time.sleep(0.05)
+    assert _gone(child)
+
+
+def test_very_long_output_line_is_logged_in_pieces(hook_log):
+    hf = hooks(apply_start=[sh("head -c 40000 /dev/zero | tr '\\0' x")])
+    HookRunner(hf, {}).run("apply-start")
+    pieces = [m for m in messages(hook_log) if m.startswith("hook apply-start[0]: ")]
+    assert len(pieces) >= 3
+    assert sum(len(m) - len("hook apply-start[0]: ") for m in pieces) == 40000

@@ -26,6 +26,7 @@ log = get_logger("hooks")
 # After SIGTERM to a timed-out hook's group, how long its leader may take to
 # exit before the whole group gets SIGKILL.
 TERM_GRACE_S = 5.0
+_MAX_LINE = 16384
 
 
 class HookFailed(MigManagerError):
@@ -103,6 +104,11 @@ class HookRunner:
                 name, index, spec.command, None,
                 f"timed out after {self._timeout_s:g}s; its process group was killed",
             ) from None
+        except BaseException:
+            # Interrupted while waiting (e.g. Ctrl-C on `migmanagerd apply`):
+            # leave no hook processes behind.
+            _kill_group(proc)
+            raise
         finally:
             if not reader.is_alive():
                 proc.stdout.close()
@@ -112,7 +118,9 @@ class HookRunner:
 
 
 def _log_lines(stream: IO[bytes], tag: str) -> None:
-    for raw in iter(stream.readline, b""):
+    # Bounded reads: a hook printing megabytes without a newline is logged in
+    # pieces instead of being held in memory.
+    for raw in iter(lambda: stream.readline(_MAX_LINE), b""):
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         log.info("hook %s: %s", tag, line)
 
