@@ -73,7 +73,7 @@ class ApplyEngine:
     def model_for(self, info: GpuInfo) -> GpuModel | None:
         if not info.mig_capable:
             return None
-        return self.catalog.for_device(info.pci_device_id, info.name)
+        return self.catalog.for_device(info.pci_device_id, info.name, info.memory_mib)
 
     def observe(self) -> NodeState:
         return observe_node(self.backend, self.model_for)
