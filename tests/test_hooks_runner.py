@@ -265,3 +265,20 @@ def test_very_long_output_line_is_logged_in_pieces(hook_log):
     pieces = [m for m in messages(hook_log) if m.startswith("hook apply-start[0]: ")]
     assert len(pieces) >= 3
     assert sum(len(m) - len("hook apply-start[0]: ") for m in pieces) == 40000
+
+
+def test_hook_env_names_and_values():
+    from migmanagerd.hooks.runner import hook_env
+
+    env = hook_env(selected_config="all-balanced", config_file="/etc/c.yaml", hooks_file="/etc/h.yaml",
+                   gpus=[3, 0, 1, 0], mode_only=True)
+    assert env == {
+        "MIG_PARTED_SELECTED_CONFIG": "all-balanced",
+        "MIG_PARTED_CONFIG_FILE": "/etc/c.yaml",
+        "MIG_PARTED_HOOKS_FILE": "/etc/h.yaml",
+        "MIG_PARTED_SKIP_RESET": "false",
+        "MIG_PARTED_MODE_CHANGE_ONLY": "true",
+        "MIGMANAGERD_SELECTED_CONFIG": "all-balanced",
+        "MIGMANAGERD_GPUS": "0,1,3",
+    }
+    assert hook_env(selected_config="x", config_file="c", hooks_file="h", gpus=[])["MIGMANAGERD_GPUS"] == ""

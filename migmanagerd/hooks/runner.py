@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import IO, Mapping
+from typing import IO, Iterable, Mapping
 
 from migmanagerd.errors import MigManagerError
 from migmanagerd.log import get_logger
@@ -27,6 +27,33 @@ log = get_logger("hooks")
 # exit before the whole group gets SIGKILL.
 TERM_GRACE_S = 5.0
 _MAX_LINE = 16384
+
+
+def hook_env(
+    *,
+    selected_config: str,
+    config_file: str,
+    hooks_file: str,
+    gpus: Iterable[int],
+    skip_reset: bool = False,
+    mode_only: bool = False,
+) -> dict[str, str]:
+    """The variables every hook of one apply receives.
+
+    nvidia-mig-parted hands its hooks one variable per ``apply`` flag
+    (``cmd/nvidia-mig-parted/apply/apply.go``, GetHooksEnvsMap), booleans
+    printed as ``true``/``false``; shipped hooks.sh scripts read them, so the
+    same names are set here, plus migmanagerd's own.
+    """
+    return {
+        "MIG_PARTED_SELECTED_CONFIG": selected_config,
+        "MIG_PARTED_CONFIG_FILE": config_file,
+        "MIG_PARTED_HOOKS_FILE": hooks_file,
+        "MIG_PARTED_SKIP_RESET": "true" if skip_reset else "false",
+        "MIG_PARTED_MODE_CHANGE_ONLY": "true" if mode_only else "false",
+        "MIGMANAGERD_SELECTED_CONFIG": selected_config,
+        "MIGMANAGERD_GPUS": ",".join(str(i) for i in sorted(set(gpus))),
+    }
 
 
 class HookFailed(MigManagerError):
