@@ -169,6 +169,12 @@ class SystemdManager:
             after=tuple(props.get("After", ())),
         )
 
+    def after(self, name: str) -> tuple[str, ...]:
+        """The unit's After= list (explicit and implicit ordering), cheaper
+        than ``unit()`` when only ordering matters."""
+        path = self._unit_path(name)
+        return tuple(self._get(path, UNIT_IFACE, "After", f"unit {name}"))
+
     def unit_by_pid(self, pid: int) -> str | None:
         """The unit a process belongs to (by its cgroup), or None."""
         from gi.repository import GLib
