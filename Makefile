@@ -4,7 +4,7 @@
 PYTHON ?= /usr/bin/python3
 VENV   ?= .venv
 VPY    := $(VENV)/bin/python
-APT_PACKAGES := python3-gi python3-pydbus python3-yaml python3-sdnotify python3-venv dbus systemd
+APT_PACKAGES := python3-gi python3-pydbus python3-yaml python3-sdnotify python3-venv dbus systemd build-essential dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian groff-base git
 
 .PHONY: test demo deps venv bench clean
 
