@@ -1,0 +1,156 @@
+"""The drain against a real Slurm 22.05 (Debian's slurmctld + slurmd), not a fake.
+
+A one-node cluster runs from a temporary directory on private ports with
+auth/none (so no munge key is needed); a real batch job holds the node while
+SlurmDrain waits, times out, or resumes. Only State=, CPUAlloc= and Reason=
+parsing and the update commands are exercised here: GPU gres need hardware.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from migmanagerd.integrations.drain import SlurmDrain
+from migmanagerd.integrations.layout import RunSummary
+from migmanagerd.integrations.scontrol import Scontrol
+from migmanagerd.integrations.settings import DrainSettings, SlurmSettings
+
+NODE = "mmgpu01"
+PLUGIN_DIRS = ("/usr/lib/x86_64-linux-gnu/slurm-wlm", "/usr/lib/aarch64-linux-gnu/slurm-wlm", "/usr/lib64/slurm")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(what: str, predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    missing = [b for b in ("slurmctld", "slurmd", "scontrol", "sbatch", "scancel") if shutil.which(b) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (Debian packages slurmctld, slurmd, slurm-client)")
+    if os.geteuid() != 0:
+        pytest.skip("needs root: slurmd launches the test job")
+    if not any(Path(d, "auth_none.so").exists() for d in PLUGIN_DIRS):
+        pytest.skip("needs Slurm's auth/none plugin (Slurm 22.05 as in Debian 12)")
+    d = tmp_path_factory.mktemp("slurm")
+    for sub in ("state", "spool", "log"):
+        (d / sub).mkdir()
+    conf = d / "slurm.conf"
+    conf.write_text(f"""\
+ClusterName=migmanagerd-test
+SlurmctldHost=localhost(127.0.0.1)
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+AuthType=auth/none
+CredType=cred/none
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd.pid
+SlurmctldLogFile={d}/log/slurmctld.log
+SlurmdLogFile={d}/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/builtin
+SlurmdParameters=config_overrides
+ReturnToService=2
+MpiDefault=none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+NodeName={NODE} NodeAddr=127.0.0.1 NodeHostname=localhost CPUs=1 State=UNKNOWN
+PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+""")
+    old_conf = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(conf)
+    procs = [
+        subprocess.Popen(["slurmctld", "-D", "-i"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT),
+        subprocess.Popen(["slurmd", "-D", "-N", NODE], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT),
+    ]
+    scontrol = Scontrol("scontrol", timeout_s=20)
+    try:
+        def idle():
+            try:
+                st = scontrol.show_node(NODE)
+            except Exception:
+                return False
+            return st.base_state == "IDLE" and not st.flags
+        _wait("the test node to register", idle)
+        yield scontrol
+    finally:
+        subprocess.run(["scancel", "--full", "-w", NODE], capture_output=True, timeout=20)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if old_conf is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old_conf
+
+
+def _submit(seconds: int) -> str:
+    out = subprocess.run(["sbatch", "--parsable", "-w", NODE, "-o", "/dev/null", "--wrap", f"sleep {seconds}"],
+                         capture_output=True, text=True, timeout=20, check=True)
+    return out.stdout.strip().split(";")[0]
+
+
+def _drain(scontrol: Scontrol, timeout_s: int) -> SlurmDrain:
+    settings = SlurmSettings(enabled=True, node_name=NODE,
+                             drain=DrainSettings(enabled=True, reason="migmanagerd test", timeout_s=timeout_s, poll_s=1))
+    return SlurmDrain(settings, scontrol)
+
+
+def test_waits_for_a_real_job_then_resumes(cluster):
+    _submit(3)
+    _wait("the job to start", lambda: cluster.show_node(NODE).busy)
+    drain = _drain(cluster, timeout_s=60)
+    assert drain.before_change("all-1g.5gb") is True
+    status = cluster.show_node(NODE)
+    assert status.drained and not status.busy
+    assert status.reason == "migmanagerd test (config all-1g.5gb)"
+    assert drain.report["wait"] == "idle" and drain.report["waited_s"] > 0
+    assert drain.after_change(RunSummary("all-1g.5gb", True, "ok", 1.0)) == {"node": "resumed"}
+    assert not cluster.show_node(NODE).drained
+
+
+def test_job_that_outlives_the_timeout_leaves_the_node_drained(cluster):
+    job = _submit(600)
+    try:
+        _wait("the job to start", lambda: cluster.show_node(NODE).busy)
+        drain = _drain(cluster, timeout_s=2)
+        assert drain.before_change("all-1g.5gb") is False
+        status = cluster.show_node(NODE)
+        assert status.drained and status.busy
+        assert status.reason.startswith("migmanagerd test (config all-1g.5gb): timed out after 2s")
+        kept = drain.after_change(RunSummary("all-1g.5gb", False, "skipped", 0.0))
+        assert kept == {"node": "left-drained", "reason": status.reason}
+        assert cluster.show_node(NODE).drained
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, timeout=20)
+        _wait("the job to end", lambda: not cluster.show_node(NODE).busy)
+        subprocess.run(["scontrol", "update", f"NodeName={NODE}", "State=RESUME"], capture_output=True, timeout=20)
