@@ -400,3 +400,48 @@ def test_factory_picks_backend(fake, monkeypatch, tmp_path):
     monkeypatch.setenv("MIGMANAGERD_BACKEND", "gpu")
     with pytest.raises(UsageError, match="MIGMANAGERD_BACKEND"):
         open_backend()
+
+
+# --- scripts/nvml_readonly_discovery.py ---------------------------------------------------
+
+
+def _discovery_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "nvml_readonly_discovery.py"
+    spec = importlib.util.spec_from_file_location("nvml_readonly_discovery", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_discovery_script_is_read_only_and_matches_catalog(fake, tmp_path):
+    script = _discovery_script()
+    b = NvmlBackend()
+    enable(fake, b, 0)
+    g = b.create_gpu_instance(0, gi(A100, "3g.20gb"), 0)
+    b.create_compute_instance(0, g.id, ci(A100, "3g.20gb", "3g.20gb"))
+    b.close()
+    mark = len(fake.calls)
+    report = script.discover(fake, catalog=CATALOG, sysfs_root=str(tmp_path))
+    called = calls_after(fake, mark)
+    assert not [n for n in called if any(w in n for w in ("Set", "Create", "Destroy"))]
+    assert called[0] == "nvmlInit" and called[-1] == "nvmlShutdown"
+    gpus = report["gpus"]
+    assert [x["catalog_model"] for x in gpus] == ["A100-SXM4-40GB", "A100-SXM4-40GB", None, "H100-80GB"]
+    assert [x["catalog_diff"] for x in gpus] == [[], [], [], []]
+    assert gpus[2]["mig_mode"] is None
+    assert gpus[0]["instances"][0]["placement"] == [0, 4]
+    assert gpus[0]["instances"][0]["compute_instances"][0]["placement"] == [0, 3]
+    p3g = next(p for p in gpus[0]["profiles"] if p.get("id") == gi(A100, "3g.20gb"))
+    assert p3g["placements"] == [[0, 4], [4, 4]]
+
+
+def test_discovery_reports_catalog_differences(fake):
+    script = _discovery_script()
+    report = script.discover(fake, catalog=None)
+    h100_as_seen = report["gpus"][3]
+    diffs = script.compare_with_catalog(h100_as_seen, CATALOG.find("A30-24GB"))  # wrong model on purpose
+    assert diffs  # the comparison notices
+    with pytest.raises(PermissionError):
+        script.ReadOnlyNvml(fake).nvmlDeviceSetMigMode
