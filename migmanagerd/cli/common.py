@@ -28,9 +28,16 @@ def add_backend(p: argparse.ArgumentParser) -> None:
     )
 
 
+def default_config_file() -> str:
+    """env MIG_PARTED_CONFIG_FILE, else the node's path (under MIGMANAGERD_ROOT when set)."""
+    from migmanagerd.service.paths import NodePaths
+
+    return os.environ.get("MIG_PARTED_CONFIG_FILE") or str(NodePaths.from_env().config_file)
+
+
 def add_config_file(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "-f", "--config-file", default=os.environ.get("MIG_PARTED_CONFIG_FILE") or DEFAULT_CONFIG_FILE,
+        "-f", "--config-file", default=default_config_file(),
         help=f"MIG config file (env MIG_PARTED_CONFIG_FILE; default {DEFAULT_CONFIG_FILE})",
     )
 

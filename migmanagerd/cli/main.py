@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from migmanagerd import __version__
-from migmanagerd.errors import EXIT_FAILED, EXIT_USAGE, MigManagerError
+from migmanagerd.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, MigManagerError
 from migmanagerd.log import get_logger, setup_logging
 
 # Order is the order `--help` lists them.
@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     except MigManagerError as exc:
         log.error("%s", exc)
         return exc.exit_code
+    except BrokenPipeError:
+        # output piped into `head` and closed: not an error of ours
+        sys.stderr.close()
+        return EXIT_OK
     except KeyboardInterrupt:
         log.error("interrupted")
         return EXIT_FAILED

@@ -1,0 +1,81 @@
+"""``migmanagerd service``: what nvidia-mig-manager.service runs at every boot."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from migmanagerd.cli.common import add_backend, add_config_file, add_debug, add_hooks_file, add_selected_config
+from migmanagerd.cli.selection import env_flag
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by `service` and `apply`, which run the same flow."""
+    add_config_file(p)
+    add_selected_config(p)
+    add_hooks_file(p)
+    p.add_argument(
+        "-m", "--mode-only", action="store_true", default=env_flag("MIG_PARTED_MODE_CHANGE_ONLY"),
+        help="only apply the MIG mode, not the MIG devices (env MIG_PARTED_MODE_CHANGE_ONLY)",
+    )
+    p.add_argument(
+        "-s", "--skip-reset", action="store_true", default=env_flag("MIG_PARTED_SKIP_RESET"),
+        help="do not reset GPUs after a MIG mode change; it stays pending (env MIG_PARTED_SKIP_RESET)",
+    )
+    p.add_argument(
+        "--no-reboot", action="store_true", default=env_flag("MIGMANAGERD_NO_REBOOT"),
+        help="never reboot the node for a MIG mode change that needs one (env MIGMANAGERD_NO_REBOOT)",
+    )
+    p.add_argument(
+        "--hook-timeout", type=float, metavar="SECONDS",
+        default=float(os.environ.get("MIGMANAGERD_HOOK_TIMEOUT") or 120),
+        help="time limit for each hook (default 120; env MIGMANAGERD_HOOK_TIMEOUT)",
+    )
+    add_backend(p)
+    add_debug(p)
+
+
+def options_from_args(args: argparse.Namespace, *, persist_selection: bool):
+    from migmanagerd.service.run import ServiceOptions
+
+    return ServiceOptions(
+        config_file=args.config_file,
+        hooks_file=args.hooks_file,
+        selected_config=args.selected_config,
+        mode_only=args.mode_only,
+        skip_reset=args.skip_reset,
+        allow_reboot=not args.no_reboot,
+        persist_selection=persist_selection,
+        hook_timeout_s=args.hook_timeout,
+        backend=args.backend,
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "service",
+        help="converge the node to the selected config (run by nvidia-mig-manager.service)",
+        description="The boot-time run: restart GPU clients an interrupted run left stopped, check the selected "
+        "config fits, and only if the node differs: run hooks, stop GPU clients, apply MIG mode and devices, "
+        "restart the clients, record state.json. Exit 0 applied (or nothing to do), 1 failed, 2 bad input "
+        "(nothing changed).",
+    )
+    add_run_options(p)
+    p.add_argument(
+        "--rearm-reboot", action="store_true",
+        help="forget the reboot guard's marker, so the next run may reboot once more, and exit",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from migmanagerd.service.paths import NodePaths
+    from migmanagerd.service.reboot_guard import rearm
+    from migmanagerd.service.run import ServiceRun
+    from migmanagerd.service.state import StateStore
+
+    if args.rearm_reboot:
+        had = rearm(StateStore(NodePaths.from_env()))
+        print("reboot guard re-armed" if had else "reboot guard was not armed; nothing to do")
+        return 0
+    return ServiceRun(options_from_args(args, persist_selection=False)).run().exit_code

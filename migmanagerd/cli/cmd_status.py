@@ -1,0 +1,138 @@
+"""``migmanagerd status``: what the node has, what is selected, how the last run went."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from migmanagerd.cli.common import add_backend, add_config_file, add_debug
+from migmanagerd.errors import MigManagerError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "status",
+        help="show GPUs, the selection and where it comes from, the last run, and whether the node matches",
+        description="GPUs with MIG mode and MIG devices; the selected config and its source (environment, "
+        "the unit's drop-in, or state.json); the last run's result and time; whether the node matches the "
+        "selection; an interrupted run's journal, the reboot guard and what the integrations last did. "
+        "Exit 0 always when the state could be read (see 'assert' for a check).",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output (keys in the README)")
+    add_config_file(p)
+    add_backend(p)
+    add_debug(p)
+    p.set_defaults(func=run)
+
+
+def selection_source(paths, state) -> tuple[str | None, str | None]:
+    """(config, source) following the selection precedence, without a -c flag."""
+    from migmanagerd.service.selector import read_selector
+
+    env = os.environ.get("MIG_PARTED_SELECTED_CONFIG")
+    if env:
+        return env, "environment (MIG_PARTED_SELECTED_CONFIG)"
+    try:
+        dropin = read_selector(paths.dropin).selected_config
+    except MigManagerError:
+        dropin = None
+    if dropin:
+        return dropin, f"drop-in {paths.dropin}"
+    if state.selected_config:
+        return state.selected_config, "state.json (last applied)"
+    return None, None
+
+
+def collect(args: argparse.Namespace) -> dict[str, Any]:
+    from migmanagerd.apply.compare import differences
+    from migmanagerd.apply.render import node_json
+    from migmanagerd.cli.selection import open_engine, pick_config, read_config_file
+    from migmanagerd.service.paths import NodePaths
+    from migmanagerd.service.state import StateStore, state_to_json
+
+    paths = NodePaths.from_env()
+    loaded = StateStore(paths).load()
+    state_doc = json.loads(state_to_json(loaded.state))
+    name, source = selection_source(paths, loaded.state)
+    doc: dict[str, Any] = {
+        "selection": {"config": name, "source": source},
+        "matches": None,
+        "differences": [],
+        "gpus": [],
+        "last_run": state_doc["last_run"],
+        "journal": state_doc["journal"],
+        "reboot_guard": state_doc["reboot_guard"],
+        "integrations": state_doc["integrations"],
+        "problems": [loaded.problem] if loaded.problem else [],
+    }
+    engine = open_engine(args)
+    try:
+        node = engine.observe()
+        doc["gpus"] = node_json(node)["gpus"]
+        if name:
+            try:
+                config = pick_config(read_config_file(args.config_file), name)
+                diffs = differences(engine.plan(config, state=node))
+                doc["matches"] = not diffs
+                doc["differences"] = diffs
+            except MigManagerError as exc:
+                doc["problems"].append(str(exc))
+    finally:
+        engine.backend.close()
+    return doc
+
+
+def run(args: argparse.Namespace) -> int:
+    doc = collect(args)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(render(doc))
+    return 0
+
+
+def render(doc: dict[str, Any]) -> str:
+    out = []
+    sel = doc["selection"]
+    out.append(f"Selected config: {sel['config'] or '(none)'}" + (f"  [from {sel['source']}]" if sel["source"] else ""))
+    if doc["matches"] is None:
+        out.append("Node matches:    unknown")
+    else:
+        out.append(f"Node matches:    {'yes' if doc['matches'] else 'no'}")
+        out.extend(f"  - {d}" for d in doc["differences"])
+    last = doc["last_run"]
+    if last:
+        out.append(
+            f"Last run:        {last['result']} (exit {last['exit_code']}) config '{last['config']}' "
+            f"at {last['finished_at']}"
+        )
+        if last.get("message"):
+            out.append(f"                 {last['message']}")
+    else:
+        out.append("Last run:        none recorded")
+    if doc["journal"]:
+        j = doc["journal"]
+        out.append(f"In flight:       run pid {j['pid']} phase '{j['phase']}', stopped: {', '.join(j['stopped_units']) or '-'}")
+    if doc["reboot_guard"]:
+        r = doc["reboot_guard"]
+        out.append(
+            f"Reboot guard:    armed at {r['armed_at']} for config '{r['config']}' "
+            "(re-arm: migmanagerd service --rearm-reboot)"
+        )
+    for name, what in (doc.get("integrations") or {}).items():
+        if isinstance(what, dict) and what.get("enabled"):
+            detail = what.get("status") or what.get("action") or "done"
+            out.append(f"Integration:     {name}: {detail}")
+    for p in doc["problems"]:
+        out.append(f"Problem:         {p}")
+    out.append("")
+    out.append(f"{'GPU':<4} {'MODEL':<18} {'MIG':<9} INSTANCES")
+    for g in doc["gpus"]:
+        mode = "on" if g["mig_enabled"] else "off"
+        if g["mig_pending"] != g["mig_enabled"]:
+            mode += "->" + ("on" if g["mig_pending"] else "off")
+        inst = ", ".join(f"{i['profile']}@{i['start']}" for i in g["instances"]) or "-"
+        out.append(f"{g['index']:<4} {str(g['model'] or '?'):<18} {mode:<9} {inst}")
+    return "\n".join(out)

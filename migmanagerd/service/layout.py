@@ -1,0 +1,18 @@
+"""The node's MIG layout as the integrations need it (with GI and CI ids)."""
+
+from __future__ import annotations
+
+from migmanagerd.apply.observe import NodeState, device_profile
+from migmanagerd.integrations.layout import GpuLayout, MigDeviceInfo, NodeLayout
+
+
+def node_layout(state: NodeState) -> NodeLayout:
+    gpus = []
+    for view in state.gpus:
+        devices = tuple(
+            MigDeviceInfo(view.index, gi.id, ci.id, device_profile(view.model, gi), ci.uuid)
+            for gi in view.instances
+            for ci in gi.compute_instances
+        )
+        gpus.append(GpuLayout(view.index, view.model_name, view.info.uuid, view.mode.current, devices))
+    return NodeLayout(tuple(gpus))

@@ -1,0 +1,466 @@
+"""One boot-time run: converge the node to the selected MIG config.
+
+The order of a run (issue: "the boot-time service"):
+
+1. read state.json; units a crashed earlier run left stopped are owed a restart;
+2. resolve the selection (-c > MIG_PARTED_SELECTED_CONFIG > state.json), load
+   and trust-check config, hooks and clients files;
+3. plan against the real node; a config that does not fit stops here (exit 2)
+   and nothing is touched but the restart of owed units;
+4. if the node already matches: done, no hook runs, no client is stopped;
+5. otherwise ``apply-start``; refuse (or stop) unlisted GPU holders; for a
+   mode change ``pre-apply-mode``, stop the mode clients, set the mode, reset
+   (or reboot once, guarded); ``pre-apply-config``, stop the geometry clients,
+   apply the geometry; then — always — restart every stopped client and run
+   ``apply-exit``;
+6. record the run in state.json, persist the selection if asked, run the
+   integrations.
+
+Every client stop is journaled before it happens, so a run killed at any point
+leaves the next run a list of what to start again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from migmanagerd.errors import EXIT_FAILED, EXIT_OK, MigManagerError, UsageError
+from migmanagerd.log import get_logger
+from migmanagerd.service.paths import NodePaths
+from migmanagerd.service.state import LastRun, StateStore, utc_now
+
+log = get_logger("service")
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    config_file: str | None = None  # None: NodePaths.config_file
+    hooks_file: str | None = None  # None: NodePaths.hooks_file when it exists
+    selected_config: str | None = None  # -c
+    mode_only: bool = False
+    skip_reset: bool = False
+    allow_reboot: bool = True
+    persist_selection: bool = False  # `apply -c NAME`: make NAME the boot-time selection on success
+    hook_timeout_s: float = 120.0
+    backend: str | None = None
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    exit_code: int
+    result: str  # ok | failed | reboot-required
+    message: str
+
+
+class LazySystemd:
+    """Connects to systemd on first use: a run that changes nothing needs no D-Bus."""
+
+    def __init__(self, connect: Callable[[], object]) -> None:
+        self._connect = connect
+        self._manager = None
+
+    @property
+    def connected(self) -> bool:
+        return self._manager is not None
+
+    def get(self):
+        if self._manager is None:
+            self._manager = self._connect()
+        return self._manager
+
+    def __getattr__(self, name: str):
+        return getattr(self.get(), name)
+
+    def close(self) -> None:
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
+
+
+def _default_connect():
+    from migmanagerd.clients.systemd import SystemdManager
+
+    return SystemdManager.connect()
+
+
+def _default_notifier():
+    from migmanagerd.clients.notify import Notifier
+
+    return Notifier.from_env()
+
+
+class ServiceRun:
+    def __init__(
+        self,
+        options: ServiceOptions,
+        paths: NodePaths | None = None,
+        *,
+        connect_systemd: Callable[[], object] = _default_connect,
+        notifier=None,
+        backend=None,
+    ) -> None:
+        self.opts = options
+        self.paths = paths or NodePaths.from_env()
+        self.store = StateStore(self.paths)
+        self.systemd = LazySystemd(connect_systemd)
+        self.notify = notifier if notifier is not None else _default_notifier()
+        self._backend = backend
+        self.stopped: list[str] = []  # restart order, this run and carried over
+        self.clients_stopped = 0
+        self.rebooting = False  # a reboot was requested: leave the clients to the next boot
+
+    # --- the run -------------------------------------------------------------
+
+    def run(self) -> RunOutcome:
+        started = utc_now()
+        t0 = time.monotonic()
+        loaded = self.store.load()
+        if loaded.problem:
+            log.warning("%s", loaded.problem)
+        state = loaded.state
+        if state.journal is not None and state.journal.stopped_units:
+            log.warning(
+                "an earlier run (pid %d, config '%s', phase %s) ended with %d GPU client(s) stopped: %s; "
+                "they are restarted by this run",
+                state.journal.pid, state.journal.config, state.journal.phase,
+                len(state.journal.stopped_units), ", ".join(state.journal.stopped_units),
+            )
+            self.stopped.extend(state.journal.stopped_units)
+
+        name = "?"
+        engine = None
+        outcome: RunOutcome
+        report_json: dict = {}
+        changed = False
+        try:
+            try:
+                name, config, hooks, clients, integrations = self._load_inputs(state.selected_config)
+                engine = self._engine()
+                outcome, report_json, changed = self._converge(engine, name, config, hooks, clients, integrations)
+            finally:
+                self._restart_clients()
+        except MigManagerError as exc:
+            outcome = RunOutcome(exc.exit_code, "failed", str(exc))
+        self._record(name, started, outcome, report_json)
+        if engine is not None:
+            self._integrations(engine, name, outcome, time.monotonic() - t0, report_json, changed)
+            engine.backend.close()
+        self.systemd.close()
+        if outcome.exit_code != EXIT_OK:
+            log.error("%s", outcome.message)
+            self.notify.status(f"failed: {outcome.message}")
+        else:
+            self.notify.status(outcome.message)  # also logs it
+        return outcome
+
+    def _load_inputs(self, state_selection: str | None):
+        from migmanagerd.cli.selection import pick_config, selected_name
+        from migmanagerd.spec.config import load_config
+        from migmanagerd.spec.trust import check_trusted
+
+        config_path = self.opts.config_file or str(self.paths.config_file)
+        check_trusted(config_path, "config file")
+        config_file = load_config(config_path)
+        name = selected_name(self.opts.selected_config, config_file, fallback=lambda: state_selection)
+        config = pick_config(config_file, name)
+        hooks = self._load_hooks()
+        clients = self._load_clients()
+        integrations = self._load_integrations()
+        return name, config, hooks, clients, integrations
+
+    def _load_hooks(self):
+        from migmanagerd.spec.hooks import load_hooks
+        from migmanagerd.spec.trust import check_trusted
+        from migmanagerd.spec.types import HooksFile
+
+        path = self.opts.hooks_file
+        if path is None and self.paths.hooks_file.exists():
+            path = str(self.paths.hooks_file)
+        if path is None:
+            return HooksFile(path="", hooks={})
+        check_trusted(path, "hooks file")
+        return load_hooks(path)
+
+    def _load_clients(self):
+        from migmanagerd.clients.clientset import load_clients
+        from migmanagerd.spec.trust import check_trusted
+
+        path = self.paths.clients_file
+        if not path.exists():
+            return None
+        check_trusted(str(path), "clients file")
+        return load_clients(str(path))
+
+    def _load_integrations(self):
+        from migmanagerd.integrations.settings import load_integrations
+
+        return load_integrations(self.paths.integrations_file)
+
+    def _engine(self):
+        from migmanagerd.apply.engine import ApplyEngine
+        from migmanagerd.gpu.factory import open_backend
+
+        backend = self._backend if self._backend is not None else open_backend(self.opts.backend)
+        return ApplyEngine(backend, notify=self.notify)
+
+    def _converge(self, engine, name, config, hooks, clients, integrations):
+        from migmanagerd.apply.nodeplan import require_feasible
+        from migmanagerd.hooks.runner import HookRunner
+        from migmanagerd.service.reboot_guard import RebootAction, clear_marker, guard_reboot
+
+        self.notify.status(f"planning config '{name}'")
+        plan = engine.plan(config, mode_only=self.opts.mode_only)
+        require_feasible(plan)  # exit 2, nothing touched
+        if not plan.needs_change:
+            if self.store.load().state.reboot_guard is not None:
+                clear_marker(self.store)
+            self._persist_selection(name)
+            return RunOutcome(EXIT_OK, "ok", f"config '{name}' is already applied; nothing to do"), {}, False
+
+        touched = sorted(set(plan.mode_change_gpus) | set(plan.geometry_change_gpus))
+        runner = HookRunner(hooks, self._hook_env(name, touched), timeout_s=self.opts.hook_timeout_s)
+        listed_mode = clients.units_for("mode") if clients else ()
+        listed_config = clients.units_for("config") if clients else ()
+        extra = self._unlisted_holders(engine, touched, tuple(listed_mode) + tuple(listed_config), clients)
+        self._slurm_before_change(integrations, name)
+
+        self.notify.status(f"applying config '{name}' to GPU(s) {', '.join(map(str, touched))}")
+        failure: MigManagerError | None = None
+        outcome: RunOutcome | None = None
+        report_json: dict = {}
+        changed = False
+        try:
+            self._hook(runner, "apply-start")
+            if plan.mode_change_gpus:
+                self._hook(runner, "pre-apply-mode")
+                self._stop_clients(name, "mode", tuple(listed_mode) + extra)
+                mode_report = engine.apply_mode(plan, skip_reset=self.opts.skip_reset)
+                changed = True
+                report_json["mode"] = [r.to_json() for r in mode_report.gpus]
+                if mode_report.exit_code != EXIT_OK:
+                    raise MigManagerError(
+                        "MIG mode change failed: " + "; ".join(r.describe() for r in mode_report.gpus if not r.ok)
+                    )
+                if mode_report.reboot_required:
+                    decision = guard_reboot(
+                        self.store, name, mode_report.reboot_required, self.opts.allow_reboot
+                    )
+                    if decision.action is RebootAction.REBOOT:
+                        log.warning("%s", decision.message)
+                        self.notify.status(decision.message)
+                        self.rebooting = True
+                        self.systemd.reboot()
+                        outcome = RunOutcome(EXIT_OK, "reboot-required", decision.message)
+                        return outcome, report_json, changed
+                    if decision.action is RebootAction.WAIT:
+                        outcome = RunOutcome(EXIT_OK, "reboot-required", decision.message)
+                        return outcome, report_json, changed
+                    raise MigManagerError(decision.message)
+                if mode_report.reset_skipped:
+                    outcome = RunOutcome(
+                        EXIT_OK, "ok",
+                        f"config '{name}': MIG mode change is pending on GPU(s) "
+                        f"{', '.join(map(str, mode_report.reset_skipped))} (--skip-reset): reset or reboot to finish",
+                    )
+                    return outcome, report_json, changed
+                if self.store.load().state.reboot_guard is not None:
+                    clear_marker(self.store)
+            if not self.opts.mode_only:
+                self._hook(runner, "pre-apply-config")
+                self._stop_clients(name, "config", tuple(listed_config) + extra)
+                geometry = engine.apply_geometry(config)
+                report_json["gpus"] = [r.to_json() for r in geometry.gpus]
+                changed = changed or any(r.op_count for r in geometry.gpus)
+                if geometry.exit_code != EXIT_OK:
+                    raise MigManagerError(
+                        f"config '{name}' not applied: "
+                        + "; ".join(r.describe() for r in geometry.gpus if not r.ok)
+                    )
+            outcome = RunOutcome(EXIT_OK, "ok", f"config '{name}' applied")
+            self._persist_selection(name)
+            return outcome, report_json, changed
+        except MigManagerError as exc:
+            failure = exc
+            raise
+        finally:
+            self._restart_clients()
+            try:
+                self._hook(runner, "apply-exit")
+            except MigManagerError as exc:
+                if failure is None:
+                    raise
+                log.error("%s (after: %s)", exc, failure)
+
+    # --- clients -------------------------------------------------------------
+
+    def _controller(self):
+        from migmanagerd.clients.policy import ClientController
+
+        return ClientController(self.systemd.get(), notify=self.notify)
+
+    def _stop_clients(self, name: str, change: str, units) -> None:
+        units = [u for u in dict.fromkeys(units) if u not in self.stopped]
+        if not units:
+            return
+        self.store.begin_journal(name, f"stopping clients before {change} change")
+        self.notify.status(f"stopping {len(units)} GPU client(s) before the {change} change")
+        controller = self._controller()
+        try:
+            report = controller.stop(units)
+        except MigManagerError as exc:
+            partial = getattr(exc, "report", None)
+            if partial is not None:
+                self._note_stopped(partial.restart)
+            raise
+        self._note_stopped(report.restart)
+        self.store.set_phase(f"applying {change}")
+
+    def _note_stopped(self, restart_order) -> None:
+        new = [u for u in restart_order if u not in self.stopped]
+        if new:
+            # the store wants stop order; restart order is its reverse
+            self.store.record_stopped(list(reversed(new)))
+            self.stopped = new + self.stopped
+            self.clients_stopped += len(new)
+
+    def _restart_clients(self) -> None:
+        if not self.stopped:
+            if self.store.load().state.journal is not None:
+                self.store.end_journal()
+            return
+        if self.rebooting:
+            # the units are enabled: the next boot starts them; keep the journal
+            # so the next run knows they were stopped on purpose
+            return
+        units = list(self.stopped)
+        self.notify.status(f"restarting {len(units)} GPU client(s)")
+        report = self._controller().start(units)
+        started = list(report.started) + list(report.enqueued)
+        self.store.record_started(started)
+        self.stopped = [u for u in self.stopped if u not in started]
+        for unit, reason in report.failed:
+            log.error("GPU client %s did not start again: %s", unit, reason)
+        if not self.stopped:
+            self.store.end_journal()
+        if report.failed:
+            raise MigManagerError(
+                "GPU client(s) failed to start again: "
+                + ", ".join(f"{u} ({r})" for u, r in report.failed)
+            )
+
+    def _unlisted_holders(self, engine, gpus, listed, clients) -> tuple[str, ...]:
+        from migmanagerd.clients.discovery import check_holders, find_gpu_holders
+
+        if not gpus:
+            return ()
+        holders = find_gpu_holders(engine.backend, self.systemd, gpus)
+        if not holders:
+            return ()
+        discover = clients.discover if clients else "refuse"
+        return tuple(check_holders(holders, listed, discover))
+
+    # --- hooks, state, selection, integrations --------------------------------
+
+    def _hook_env(self, name: str, gpus) -> dict[str, str]:
+        from migmanagerd.hooks.runner import hook_env
+
+        return hook_env(
+            selected_config=name,
+            config_file=self.opts.config_file or str(self.paths.config_file),
+            hooks_file=self.opts.hooks_file or str(self.paths.hooks_file),
+            gpus=gpus,
+            skip_reset=self.opts.skip_reset,
+            mode_only=self.opts.mode_only,
+        )
+
+    def _hook(self, runner, name: str) -> None:
+        # a hook may take its whole timeout; never let the unit's start timeout kill us first
+        self.notify.extend_timeout(self.opts.hook_timeout_s + 30)
+        runner.run(name)
+
+    def _persist_selection(self, name: str) -> None:
+        if not self.opts.persist_selection:
+            return
+        from migmanagerd.service.selector import write_selector
+
+        config_file = self.opts.config_file
+        if config_file and Path(config_file) == self.paths.config_file:
+            config_file = None
+        if write_selector(self.paths.dropin, name, config_file, self.opts.hooks_file):
+            log.info("%s: selected config is now '%s'", self.paths.dropin, name)
+            try:
+                self.systemd.reload()
+            except MigManagerError as exc:
+                log.warning("selection written, but systemd was not reloaded: %s", exc)
+
+    def _record(self, name: str, started: str, outcome: RunOutcome, report_json: dict) -> None:
+        gpus = {str(g["index"]): g for g in report_json.get("gpus", []) if "index" in g}
+        last = LastRun(
+            config=name, started_at=started, finished_at=utc_now(), result=outcome.result,
+            exit_code=outcome.exit_code, gpus=gpus, message=outcome.message,
+        )
+        try:
+            self.store.record_run(last)
+        except OSError as exc:
+            log.error("%s: cannot record the run: %s", self.store.path, exc.strerror)
+
+    def _slurm_before_change(self, integrations, name: str) -> None:
+        if not integrations.slurm.enabled:
+            return
+        from migmanagerd.integrations.run import make_slurm_drain
+
+        drain = make_slurm_drain(integrations, unit_active=self._unit_active, progress=self.notify.status)
+        if not drain.before_change(name):
+            raise MigManagerError(f"config '{name}': the SLURM node did not drain in time; nothing changed")
+
+    def _unit_active(self, unit: str) -> bool:
+        try:
+            return self.systemd.unit(unit).active_state == "active"
+        except MigManagerError:
+            return False
+
+    def _integrations(self, engine, name, outcome: RunOutcome, duration_s: float, report_json, changed) -> None:
+        from migmanagerd.integrations.run import run_integrations
+        from migmanagerd.service.layout import node_layout
+
+        try:
+            settings = self._load_integrations()
+        except MigManagerError as exc:
+            log.warning("integrations not run: %s", exc)
+            return
+        if not settings.any_enabled:
+            return
+        from migmanagerd.integrations.layout import RunSummary
+
+        ops: dict[str, int] = {}
+        for g in report_json.get("gpus", []) + report_json.get("mode", []):
+            for k, v in g.get("operations", {}).items():
+                ops[k] = ops.get(k, 0) + v
+        summary = RunSummary(
+            config=name, matched=outcome.exit_code == EXIT_OK and outcome.result == "ok",
+            result=outcome.result, duration_s=duration_s, clients_stopped=self.clients_stopped,
+            operations=ops, changed=changed,
+        )
+
+        def restart_unit(unit: str) -> None:
+            self.systemd.start(unit, 90.0)
+
+        def enqueue_restart(unit: str) -> None:
+            self.systemd.enqueue_start(unit)
+
+        def unit_exists(unit: str) -> bool:
+            try:
+                return self.systemd.unit(unit).load_state == "loaded"
+            except MigManagerError:
+                return False
+
+        result = run_integrations(
+            settings, node_layout(engine.observe()), summary,
+            restart_unit=restart_unit, enqueue_restart=enqueue_restart, unit_exists=unit_exists,
+            unit_active=self._unit_active,
+        )
+        self.store.update(lambda s: replace(s, integrations=result))
