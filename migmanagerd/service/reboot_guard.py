@@ -59,7 +59,7 @@ def decide_reboot(
     allow_reboot: bool,
     *,
     now: str | None = None,
-    disabled_by: str = "--no-reboot",
+    disabled_by: str = "--no-reboot or MIGMANAGERD_NO_REBOOT",
 ) -> RebootDecision:
     """What to do when ``gpus`` need a reboot to reach the MIG mode of ``config``.
 
