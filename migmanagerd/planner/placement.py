@@ -56,7 +56,7 @@ def plan_gpu(model: GpuModel, current: Sequence[MigDevice], target: Target) -> G
 
     kinds_t = tuple(kinds)
     keep_starts = tuple(frozenset(keepable.get(k.profile, {})) for k in kinds_t)
-    result = _search(model.memory_slices, kinds_t, keep_starts)
+    result = _search(kinds_t, keep_starts)
     if result is None:
         return Infeasible(_fragmentation_reason(model, kinds_t))
 
@@ -209,10 +209,10 @@ def _fragmentation_reason(model: GpuModel, kinds: Sequence[_Kind]) -> str:
 
 
 def _search(
-    slices: int, kinds: tuple[_Kind, ...], keep_starts: tuple[frozenset[int], ...]
+    kinds: tuple[_Kind, ...], keep_starts: tuple[frozenset[int], ...]
 ) -> tuple[int, tuple[tuple[int, ...], ...]] | None:
     """Best (kept count, starts per kind) or None if no arrangement exists."""
-    options = tuple(_options(k, slices) for k in kinds)
+    options = tuple(_combos(k.gi.placements, k.gi.memory_slices, k.count) for k in kinds)
     gains = tuple(
         tuple(len(keep_starts[i].intersection(starts)) for starts, _ in options[i]) for i in range(len(kinds))
     )
@@ -236,13 +236,9 @@ def _search(
     return best(0, 0)
 
 
-def _options(kind: _Kind, slices: int) -> tuple[tuple[tuple[int, ...], int], ...]:
-    """Every set of ``kind.count`` pairwise disjoint starts, ascending, with its mask."""
-    return _combos(kind.gi.placements, kind.gi.memory_slices, kind.count)
-
-
 @lru_cache(maxsize=4096)
 def _combos(starts: tuple[int, ...], size: int, count: int) -> tuple[tuple[tuple[int, ...], int], ...]:
+    """Every set of ``count`` pairwise disjoint starts, ascending, with its slice mask."""
     unit = (1 << size) - 1
     out = []
     for combo in combinations(starts, count):
