@@ -173,6 +173,20 @@ def test_unreadable_file_does_not_raise(store: StateStore, paths: NodePaths) -> 
     assert r.problem is not None and "cannot read it" in r.problem
 
 
+def test_permission_denied_is_reported_but_not_moved(store: StateStore, paths: NodePaths, monkeypatch) -> None:
+    store.save(State(selected_config="x"))
+
+    def denied(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    r = store.load()
+    monkeypatch.undo()
+    assert r.state == State()
+    assert r.problem is not None and "Permission denied" in r.problem
+    assert store.load().state.selected_config == "x"  # still there, untouched
+
+
 def test_non_utf8_file_is_reported(store: StateStore, paths: NodePaths) -> None:
     paths.state_dir.mkdir(parents=True)
     paths.state_file.write_bytes(b"\xff\xfe{")

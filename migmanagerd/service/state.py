@@ -293,6 +293,10 @@ class StateStore:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return LoadResult(State())
+        except PermissionError as exc:
+            # not corrupt, just not ours to read (e.g. `status` as a user):
+            # leave it where it is
+            return LoadResult(State(), f"{path}: cannot read it: {exc.strerror} (run as root)")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return LoadResult(State(), self._set_aside(f"cannot read it: {reason}"))
