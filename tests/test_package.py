@@ -25,10 +25,19 @@ SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # Debian's interpreter, not the venv's: the package is for it.
 SYSTEM_PYTHON = "/usr/bin/python3"
 UNIT = "nvidia-mig-manager.service"
-CONFFILES = {
-    "/etc/nvidia-mig-manager/config.yaml",
-    "/etc/nvidia-mig-manager/hooks.yaml",
-    "/etc/nvidia-mig-manager/clients.yaml",
+REQUIRED_CONFIG = ("config.yaml", "hooks.yaml", "clients.yaml")
+
+
+def _tracked_config_yaml() -> set[str]:
+    """The package is built from the tracked files; an untracked config/*.yaml is not in it."""
+    proc = subprocess.run(["git", "-C", str(ROOT), "ls-files", "config"], capture_output=True, text=True)
+    names = proc.stdout.split() if proc.returncode == 0 else []
+    return {Path(n).name for n in names if n.endswith(".yaml") and "/" not in n[len("config/"):]}
+
+
+# Every tracked operator file in config/ is shipped under /etc/nvidia-mig-manager.
+SHIPPED_CONFIG = sorted(_tracked_config_yaml() | set(REQUIRED_CONFIG))
+CONFFILES = {f"/etc/nvidia-mig-manager/{name}" for name in SHIPPED_CONFIG} | {
     "/etc/systemd/system/nvidia-mig-manager.service.d/override.conf",
 }
 MAINTAINER_SCRIPTS = ("preinst", "postinst", "prerm", "postrm")
@@ -170,7 +179,7 @@ def test_package_installs_units_man_page_completion_and_config(built):
 
 
 def test_shipped_config_files_are_the_projects(built):
-    for name in ("config.yaml", "hooks.yaml", "clients.yaml"):
+    for name in SHIPPED_CONFIG:
         assert (built.root / "etc/nvidia-mig-manager" / name).read_bytes() == (ROOT / "config" / name).read_bytes()
     assert (built.root / "usr/lib/systemd/system" / UNIT).read_bytes() == (ROOT / "systemd" / UNIT).read_bytes()
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cli_model  # noqa: E402
 from cli_model import ENV_NAME, Command, Option, read_cli  # noqa: E402
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "migmanagerd"
@@ -31,6 +32,8 @@ FILES = (
      "Hooks run around an apply: apply-start, pre-apply-mode, pre-apply-config, apply-exit (conffile)."),
     ("/etc/nvidia-mig-manager/clients.yaml",
      "GPU client units stopped before and restarted after a MIG change (conffile)."),
+    ("/etc/nvidia-mig-manager/integrations.yaml",
+     "Optional: the Slurm, CDI and metrics integrations run after each MIG change."),
     ("/etc/systemd/system/nvidia-mig-manager.service.d/override.conf",
      "The selector: sets MIG_PARTED_SELECTED_CONFIG for the unit. "
      "\\fBmigmanagerd select\\fR rewrites it atomically and reloads systemd."),
@@ -56,6 +59,20 @@ ENVIRONMENT = {
     "MIGMANAGERD_SIM_NODE":
         "Shape of the simulated node created when MIGMANAGERD_SIM_STATE does not exist yet, "
         "for example 8xA100-SXM4-40GB.",
+    "MIGMANAGERD_SIM_LATENCY":
+        "sim backend: per-operation latency in seconds overriding the simulated node's, "
+        "for example create_gi=0.2,reset=2.",
+    "MIGMANAGERD_SIM_FAULTS":
+        "sim backend: fault injection, comma-separated rules OP[@GPU]:N (fail the Nth call) or OP[@GPU]:*.",
+    "MIGMANAGERD_ROOT":
+        "Prefix for every node path (/etc, /var/lib, the drop-in, the boot id), so tests and demos "
+        "can run the service on a throwaway root.",
+    "MIGMANAGERD_STATE_DIR": "State directory instead of /var/lib/nvidia-mig-manager.",
+    "MIGMANAGERD_DROPIN":
+        "Selector drop-in instead of /etc/systemd/system/nvidia-mig-manager.service.d/override.conf.",
+    "MIGMANAGERD_BOOT_ID_FILE": "Boot id file instead of /proc/sys/kernel/random/boot_id (the reboot guard).",
+    "MIGMANAGERD_SELECTED_CONFIG": "Set for hooks: the config being applied.",
+    "MIGMANAGERD_GPUS": "Set for hooks: the comma-separated indexes of the GPUs the config targets.",
 }
 
 EXIT_STATUS = (
@@ -141,17 +158,22 @@ def env_in_source(package_dir: Path = PACKAGE_DIR) -> dict[str, list[str]]:
 
 
 def environment_section(root: Command, package_dir: Path = PACKAGE_DIR) -> list[str]:
-    used_by: dict[str, list[str]] = {}
+    # name -> option -> commands whose option defaults to the variable
+    used_by: dict[str, dict[str, list[str]]] = {}
     for cmd in root.walk():
-        for name in cmd.env_names():
-            used_by.setdefault(name, []).append(" ".join(cmd.path) or "migmanagerd")
+        for opt in cmd.options:
+            for name in cli_model.ENV_NAME.findall(opt.help):
+                label = opt.flags[-1] if opt.flags else opt.dest
+                used_by.setdefault(name, {}).setdefault(label, []).append(" ".join(cmd.path) or "migmanagerd")
     in_source = env_in_source(package_dir)
     names = sorted(set(ENVIRONMENT) | set(used_by) | set(in_source))
     lines = [".SH ENVIRONMENT"]
     for name in names:
         text = ENVIRONMENT.get(name)
         if text is None and name in used_by:
-            text = "Changes option defaults; see " + ", ".join(flag(c) for c in used_by[name]) + "."
+            text = "Default of " + "; ".join(
+                flag(opt) + " (" + ", ".join(flag(c) for c in cmds) + ")" for opt, cmds in used_by[name].items()
+            ) + "."
         elif text is None:
             text = "Read by " + roff(", ".join(dict.fromkeys(in_source[name]))) + "."
         lines += [".TP", flag(name), text]
