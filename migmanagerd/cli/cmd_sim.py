@@ -45,10 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=run_show)
 
-    for name, verb in (("attach", "attach"), ("detach", "detach")):
-        sp = sub_parser(name, f"{verb} a process to/from a GPU (it then holds the GPU)")
-        sp.add_argument("--gpu", type=int, required=True, metavar="N")
-        sp.add_argument("--pid", type=int, required=True, metavar="P")
+    for name, help_text in (
+        ("attach", "record that a process holds a GPU (blocks mode changes and resets while it lives)"),
+        ("detach", "forget a process recorded on a GPU"),
+    ):
+        sp = sub_parser(name, help_text)
+        sp.add_argument("--gpu", type=int, required=True, metavar="N", help="GPU index")
+        sp.add_argument("--pid", type=int, required=True, metavar="P", help="process id")
         sp.set_defaults(func=run_attach if name == "attach" else run_detach)
 
 
