@@ -212,6 +212,15 @@ def test_nvml_refusals_become_backend_errors(backend, fake):
     assert e.value.code == "INVALID_ARGUMENT"
 
 
+def test_ci_profile_not_in_gi_is_invalid_argument(backend, fake):
+    enable(fake, backend, 0)
+    g = backend.create_gpu_instance(0, gi(A100, "1g.5gb"), 3)
+    with pytest.raises(BackendError) as e:
+        backend.create_compute_instance(0, g.id, ci(A100, "7g.40gb", "7g.40gb"))  # enum 4: not in a 1g
+    assert (e.value.gpu_index, e.value.code) == (0, "INVALID_ARGUMENT")
+    assert "nvmlGpuInstanceCreateComputeInstance" not in fake.names()
+
+
 def test_destroy_errors_and_success(backend, fake):
     enable(fake, backend, 0)
     g = backend.create_gpu_instance(0, gi(A100, "7g.40gb"), 0)

@@ -398,7 +398,14 @@ class NvmlBackend:
             h = self._handle(index, action)
             with self._call(index, action):
                 gi = nv.nvmlDeviceGetGpuInstanceById(h, gi_id)
+            try:
                 info = nv.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi, ci_profile_id, nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+            except nv.NVMLError as exc:
+                if self._is(exc, "NOT_SUPPORTED", "INVALID_ARGUMENT"):
+                    # the simulator's code for "no such CI profile in this GI"
+                    raise BackendError(index, action, "INVALID_ARGUMENT", f"GPU instance {gi_id} offers no CI profile {ci_profile_id}") from None
+                raise BackendError(index, action, self._code(exc.value), _detail(exc)) from None
+            with self._call(index, action):
                 ci = nv.nvmlGpuInstanceCreateComputeInstance(gi, info.id)
                 ci_info = nv.nvmlComputeInstanceGetInfo(ci)
             ci_id = int(ci_info.id)

@@ -239,7 +239,11 @@ class SimBackend:
             except UsageError:
                 if not self.state_path.exists():
                     raise  # a bad spec; another process winning the race is fine
-        self._latency = dict(read_node(self.state_path).latency)
+        node = read_node(self.state_path)
+        wanted = os.environ.get(NODE_ENV, "").strip()
+        if wanted and wanted != node.node:
+            log.warning("%s=%s is ignored: %s already holds node %s (use 'sim init --force' to replace it)", NODE_ENV, wanted, self.state_path, node.node)
+        self._latency = dict(node.latency)
 
     # -- plumbing --
 
