@@ -73,9 +73,9 @@ class Built:
     def dist_packages(self) -> Path:
         return self.root / "usr/lib/python3/dist-packages"
 
-    def run_installed(self, *args: str) -> subprocess.CompletedProcess:
+    def run_installed(self, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
         """Run the installed /usr/bin/migmanagerd with the installed modules only."""
-        env = {"PATH": SYSTEM_PATH, "PYTHONPATH": str(self.dist_packages), "LANG": "C.UTF-8"}
+        env = {"PATH": SYSTEM_PATH, "PYTHONPATH": str(self.dist_packages), "LANG": "C.UTF-8", **extra_env}
         return subprocess.run([SYSTEM_PYTHON, str(self.root / "usr/bin/migmanagerd"), *args],
                               capture_output=True, text=True, env=env, cwd=self.work)
 
@@ -139,6 +139,23 @@ def test_installed_migmanagerd_validates_the_shipped_config(built):
     config = built.root / "etc/nvidia-mig-manager/config.yaml"
     proc = built.run_installed("validate", "-f", str(config))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_installed_migmanagerd_applies_a_shipped_config_on_the_simulator(built, tmp_path):
+    """The whole installed program (catalog data included) works on Debian's Python
+    alone: nvidia-ml-py is needed only by the NVML backend."""
+    config = str(built.root / "etc/nvidia-mig-manager/config.yaml")
+    env = {"MIGMANAGERD_SIM_STATE": str(tmp_path / "node.json")}
+    steps = [
+        ("sim", "init", "--node", "2xA100-SXM4-40GB"),
+        ("apply", "--backend", "sim", "-f", config, "-c", "all-1g.5gb"),
+        ("assert", "--backend", "sim", "-f", config, "-c", "all-1g.5gb"),
+    ]
+    for args in steps:
+        proc = built.run_installed(*args, **env)
+        assert proc.returncode == 0, f"{args}: {proc.stdout}{proc.stderr}"
+    proc = built.run_installed("assert", "--backend", "sim", "-f", config, "-c", "all-disabled", **env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
 
 
 def test_launcher_searches_the_operators_nvidia_ml_py_directory_last(built):
