@@ -332,3 +332,51 @@ def test_check_layout_compute_budget():
 def test_check_layout_accepts_every_enumerated_layout():
     for lay in all_layouts(A100):
         assert check_layout(A100, _as_devices(A100, lay)) is None
+
+
+def _variant_cases(model: GpuModel, rng: random.Random, n: int):
+    """Random layouts and targets whose devices use any CI profile of their GI."""
+    layouts = all_layouts(model)
+    multisets = list(layouts_by_multiset(model))
+    for _ in range(n):
+        current = []
+        for name, start in sorted(rng.choice(layouts), key=lambda x: x[1]):
+            gi = model.gi_profile(name)
+            ci = rng.choice(gi.ci_profiles)
+            current.append(dev(ci.name, start, gi.memory_slices))
+        target: Counter = Counter()
+        for name, k in rng.choice(multisets):
+            gi = model.gi_profile(name)
+            for _ in range(k):
+                target[rng.choice(gi.ci_profiles).name] += 1
+        yield current, target
+
+
+def _brute_keep_variants(model: GpuModel, current: list[MigDevice], target: Counter) -> int:
+    gi_of = {ci.name: gi.name for gi in model.gi_profiles for ci in gi.ci_profiles}
+    gi_counts: Counter = Counter()
+    for prof, k in target.items():
+        gi_counts[gi_of[prof]] += k
+    key = frozenset(gi_counts.items())
+    best = 0
+    for lay in layouts_by_multiset(model)[key]:
+        slots = {(name, s) for name, s in lay}
+        kept = 0
+        for prof, k in target.items():
+            here = sum(1 for d in current if d.profile == prof and (gi_of[prof], d.placement.start) in slots)
+            kept += min(k, here)
+        best = max(best, kept)
+    return best
+
+
+@pytest.mark.parametrize("name", ["A100-SXM4-40GB", "A30-24GB"])
+def test_plan_keeps_the_maximum_with_compute_instance_variants(name):
+    model = CATALOG.get(name)
+    rng = random.Random(f"variants-{name}")
+    for current, target in _variant_cases(model, rng, 200):
+        result = plan_gpu(model, current, [(P(n), k) for n, k in sorted(target.items())])
+        assert isinstance(result, GpuPlan), result
+        assert len(result.keep) == _brute_keep_variants(model, current, target), (current, target)
+        final = list(result.keep) + list(result.create)
+        assert check_layout(model, final) is None
+        assert Counter(d.profile for d in final) == target
