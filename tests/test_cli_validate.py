@@ -192,3 +192,18 @@ def test_list_models(capsys):
     rc = main(["validate", "--list-models"])
     out = capsys.readouterr().out
     assert rc == 0 and "A100-SXM4-40GB" in out and "0x20B0" in out
+
+
+def test_single_config_without_gpu(capsys, tmp_path):
+    text = GOOD + """\
+  too-many:
+    - devices: all
+      mig-enabled: true
+      mig-devices:
+        "3g.20gb": 3
+"""
+    path = write(tmp_path, text)
+    rc, out, _ = run(capsys, "-f", path, "-c", "balanced")
+    assert rc == 0 and "config 'balanced' valid" in out
+    rc, out, err = run(capsys, "-f", path, "-c", "too-many")
+    assert rc == 2 and out == "" and "config 'too-many' entry 0" in err
