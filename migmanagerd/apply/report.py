@@ -49,7 +49,8 @@ class GpuResult:
             detail += f"; kept {len(self.kept_uuids)} MIG device(s)"
         line = f"GPU {self.index}: {self.status} ({detail})"
         if self.error:
-            line += f": {self.error}"
+            # Backend errors already start with "GPU n: "; say it once.
+            line += ": " + self.error.removeprefix(f"GPU {self.index}: ")
         if self.rollback_error:
             line += f"; rollback: {self.rollback_error}"
         return line

@@ -52,14 +52,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_apply(args: argparse.Namespace, *, notify=None, fallback: Fallback | None = None) -> int:
+    report = apply_selected(args, notify=notify, fallback=fallback)
+    print_report(report, as_json=getattr(args, "json", False))
+    return report.exit_code
+
+
+def apply_selected(args: argparse.Namespace, *, notify=None, fallback: Fallback | None = None) -> ApplyReport:
+    """Select the config (flags/env/fallback), open the backend and apply; the report, unprinted."""
     _, config = load_selection(args, fallback=fallback)
     engine = open_engine(args, notify=notify)
     try:
-        report = engine.apply(config, mode_only=args.mode_only, skip_reset=args.skip_reset)
+        return engine.apply(config, mode_only=args.mode_only, skip_reset=args.skip_reset)
     finally:
         engine.backend.close()
-    print_report(report, as_json=getattr(args, "json", False))
-    return report.exit_code
 
 
 def print_report(report: ApplyReport, *, as_json: bool = False) -> None:
