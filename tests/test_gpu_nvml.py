@@ -454,3 +454,35 @@ def test_discovery_reports_catalog_differences(fake):
     assert diffs  # the comparison notices
     with pytest.raises(PermissionError):
         script.ReadOnlyNvml(fake).nvmlDeviceSetMigMode
+
+
+def test_threads_one_per_gpu(mocker):
+    import threading
+
+    fake = install(mocker, FakeNvml([A100] * 4))
+    b = NvmlBackend()
+    try:
+        for i in range(4):
+            enable(fake, b, i)
+        errors = []
+
+        def worker(i):
+            try:
+                for s in range(7):
+                    g = b.create_gpu_instance(i, gi(A100, "1g.5gb"), s)
+                    b.create_compute_instance(i, g.id, ci(A100, "1g.5gb", "1g.5gb"))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        for i in range(4):
+            listed = b.gpu_instances(i)
+            assert [x.start for x in listed] == list(range(7))
+            assert all(len(x.compute_instances) == 1 and x.compute_instances[0].uuid for x in listed)
+    finally:
+        b.close()

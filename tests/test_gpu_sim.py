@@ -434,6 +434,17 @@ def test_fault_per_gpu_and_every_call(state, monkeypatch):
     assert len(b.gpu_instances(0)) == 1
 
 
+def test_fault_on_first_mode_change(state, monkeypatch):
+    b = make(state, "1xH100-80GB")
+    monkeypatch.setenv("MIGMANAGERD_SIM_FAULTS", "set_mode:1")
+    with pytest.raises(BackendError) as e:
+        b.set_mig_mode(0, True)
+    assert (e.value.gpu_index, code_of(e)) == (0, "SIM_FAULT_INJECTED")
+    assert b.mig_mode(0) == sim.MigMode(False, False) and b.snapshot().ops["set_mode"] == 0
+    b.set_mig_mode(0, True)
+    assert b.mig_mode(0).current
+
+
 @pytest.mark.parametrize("text", ["create_gi", "explode:1", "create_gi:0", "reset@x:1"])
 def test_bad_fault_rule_is_a_usage_error(text):
     with pytest.raises(UsageError):
