@@ -67,10 +67,10 @@ def test_cap_files_give_one_line_per_mig_device_and_per_full_gpu(root):
         "Name=gpu Type=1g.5gb File=/dev/nvidia-caps/nvidia-cap94",
         "Name=gpu Type=a100-sxm4-40gb File=/dev/nvidia1",
         "Name=gpu Type=1c.3g.20gb File=/dev/nvidia-caps/nvidia-cap427",
-        "Name=gpu Type=1g.10gb_me File=/dev/nvidia-caps/nvidia-cap526",
+        "Name=gpu Type=1g.10gb+me File=/dev/nvidia-caps/nvidia-cap526",
     ]
     assert nodename_gres(devices) == (
-        "gpu:3g.20gb:1,gpu:1g.5gb:2,gpu:a100-sxm4-40gb:1,gpu:1c.3g.20gb:1,gpu:1g.10gb_me:1"
+        "gpu:3g.20gb:1,gpu:1g.5gb:2,gpu:a100-sxm4-40gb:1,gpu:1c.3g.20gb:1,gpu:1g.10gb+me:1"
     )
     assert render_nodename_fragment(devices) == "Gres=" + nodename_gres(devices) + "\n"
 
@@ -106,9 +106,10 @@ def test_cap_file_without_minor_is_an_error(root):
 @pytest.mark.parametrize("name, expected", [
     ("1g.5gb", "1g.5gb"),
     ("1c.3g.20gb", "1c.3g.20gb"),
-    ("1g.10gb+me", "1g.10gb_me"),
+    ("1g.10gb+me", "1g.10gb+me"),
+    ("1g.20gb+gfx,me", "1g.20gb+gfx_me"),
     ("1g.10gb-me", "1g.10gb-me"),
-    ("1g.20gb+me.all", "1g.20gb_me.all"),
+    ("1g.20gb+me.all", "1g.20gb+me.all"),
     ("NVIDIA H100 80GB HBM3", "h100_80gb_hbm3"),
     ("A100-SXM4-40GB", "a100-sxm4-40gb"),
     ("a:b,c=d", "a_b_c_d"),
@@ -129,7 +130,7 @@ def test_files_written_atomically_and_change_detected(root, tmp_path):
     first = write_gres_files(settings, LAYOUT, "mixed")
     assert first["files_changed"] and first["gres_changed"] and first["devices"] == 6
     gres_text = Path(settings.gres_file).read_text()
-    assert "Name=gpu Type=1g.10gb_me File=/dev/nvidia-caps/nvidia-cap526" in gres_text
+    assert "Name=gpu Type=1g.10gb+me File=/dev/nvidia-caps/nvidia-cap526" in gres_text
     assert Path(settings.nodename_file).read_text() == f"Gres={first['gres']}\n"
     assert stat.S_IMODE(os.stat(settings.gres_file).st_mode) == 0o644
     assert sorted(p.name for p in (tmp_path / "etc").iterdir()) == ["frag", "gres.conf"]  # no temp files left

@@ -11,12 +11,12 @@ The device files come from the MIG capability minors (see nvcaps.py):
   documents MultipleFiles from Slurm 21.08 on.
 
 Type names: Slurm's gres.html (MIG Management) shows MIG types such as
-``a100_3g.20gb``, so '.' is kept. ':' and ',' separate fields of a Gres=
-specification and whitespace separates gres.conf parameters, so they cannot
-appear; for '+' the docs say nothing, so it is mapped too rather than risk a
-parser splitting on it. Everything outside ``[a-z0-9._-]`` becomes '_' and
-names are lower-cased: ``1g.10gb+me`` -> ``1g.10gb_me``, ``1g.10gb-me`` stays,
-``NVIDIA A100-SXM4-40GB`` -> ``a100-sxm4-40gb``.
+``a100_3g.20gb``. ':' and ',' separate the fields of a Gres= specification,
+'=' separates key and value and whitespace separates gres.conf parameters, so
+those cannot appear; everything outside ``[a-z0-9._+-]`` becomes '_' and names
+are lower-cased: ``1g.10gb+me`` stays (Slurm 22.05's slurmd, slurmctld and
+``sbatch --gres=gpu:1g.10gb+me:1`` accept it: tests/test_integrations_slurm_real.py),
+``1g.20gb+gfx,me`` -> ``1g.20gb+gfx_me``, ``NVIDIA A100-SXM4-40GB`` -> ``a100-sxm4-40gb``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from migmanagerd.integrations import nvcaps
 from migmanagerd.integrations.layout import GpuLayout, NodeLayout
 
-_UNSAFE = re.compile(r"[^a-z0-9._-]")
+_UNSAFE = re.compile(r"[^a-z0-9._+-]")
 
 
 def slurm_type(name: str) -> str:
