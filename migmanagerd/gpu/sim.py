@@ -257,7 +257,7 @@ class SimBackend:
             raise BackendError(index, action, "INVALID_ARGUMENT", f"no such GPU; this node has GPUs 0..{len(node.gpus) - 1}")
         return gpu
 
-    def _change(self, op: str, indices: tuple[int, ...], action: str, fn: Callable[[SimNode], T]) -> T:
+    def _change(self, op: str, indices: tuple[int, ...], action: str, fn: Callable[[SimNode], T], *, count: int = 1) -> T:
         rule = PROCESS_FAULTS.hit(op, indices, env_faults())
         if rule is not None:
             index = indices[0] if len(indices) == 1 else (rule.gpu if rule.gpu is not None else None)
@@ -268,7 +268,7 @@ class SimBackend:
         with locked(self.state_path):
             node = read_node(self.state_path)
             result = fn(node)  # raises before mutating when a rule is broken
-            node.count(op)
+            node.count(op, count)
             write_node(self.state_path, node)
         return result
 
@@ -430,9 +430,8 @@ class SimBackend:
                 if gpu.mig_capable:
                     gpu.mig_current = gpu.mig_pending
                 gpu.instances.clear()
-            node.count("reset", len(gpus) - 1)  # _change counts one; a reset counts per GPU
 
-        self._change("reset", targets, action, change)
+        self._change("reset", targets, action, change, count=len(targets))  # one per GPU reset
 
     def close(self) -> None:
         pass
