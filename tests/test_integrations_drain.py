@@ -205,3 +205,28 @@ def test_parse_show_node_reads_state_alloc_and_reason():
     assert not parse_show_node("n", "State=DOWN+DRAIN CPUAlloc=0").busy
     with pytest.raises(ScontrolError, match="no State="):
         parse_show_node("n", "garbage")
+
+
+def test_zero_timeout_changes_only_an_idle_node(make):
+    fake, drain, _ = make([busy()], timeout_s=0)
+    assert drain.before_change("x") is False and fake.sleeps == []
+    assert "timed out after 0s" in fake.node["reason"]
+    fake2, idle_drain, _ = make([IDLE], timeout_s=0)
+    assert idle_drain.before_change("x") is True
+
+
+def test_unreachable_controller_after_the_run_is_reported_not_raised_by_apply_slurm(make, tmp_path):
+    from migmanagerd.integrations.layout import NodeLayout
+    from migmanagerd.integrations.slurm import apply_slurm
+
+    fake, drain, _ = make([IDLE])
+    drain.before_change("x")
+    fake.fail("show", "update")
+    settings = drain.settings.__class__(**{**drain.settings.__dict__, "gres_file": str(tmp_path / "g.conf"),
+                                           "nodename_file": str(tmp_path / "frag")})
+    restarted: list[str] = []
+    out = apply_slurm(settings, NodeLayout(), ok("x"), drain=drain, restart_unit=restarted.append,
+                      unit_active=lambda unit: True)
+    assert restarted == ["slurmd.service"]  # the new (empty) gres file was written first
+    assert out["status"] == "failed" and "Unable to contact slurm controller" in out["node_error"]
+    assert fake.node["drain"] is True  # stays drained until a later run or an operator resumes it
