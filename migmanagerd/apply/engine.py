@@ -330,6 +330,7 @@ class ApplyEngine:
 
     def _undo(self, before: GpuView, writer: GpuWriter, progress: Progress, error: str, start: Counter[str]) -> GpuResult:
         i = before.index
+        error = error.removeprefix(f"GPU {i}: ")  # backend errors name the GPU already
         log.warning("GPU %d: %s; rolling back to its previous layout", i, error)
         progress.gpu(i, f"failed ({error}); rolling back", "rollback")
         undo_errors = writer.rollback()
