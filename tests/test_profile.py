@@ -43,3 +43,10 @@ def test_parse_canonical(text, canonical, gi, c):
 def test_parse_rejects_with_reason(text, reason):
     with pytest.raises(ProfileNameError, match=reason.replace("+", r"\+")):
         MigProfile.parse(text)
+
+
+def test_mapping_keys_keep_their_text():
+    from migmanagerd.spec.source import load_yaml_text
+
+    root = load_yaml_text("off: 1\nyes: 2\n0x20B0: 3\n'quoted': 4\n123: 5\n", "k.yaml")
+    assert list(root.value) == ["off", "yes", "0x20B0", "quoted", "123"]

@@ -92,8 +92,10 @@ def _convert(node: yaml.Node, filename: str, constructor: yaml.SafeLoader) -> YN
             key_loc = _loc(key_node.start_mark, filename)
             if not isinstance(key_node, yaml.ScalarNode):
                 raise SpecError("mapping keys must be plain scalars", key_loc)
-            key = constructor.construct_object(key_node)
-            key = "null" if key is None else str(key) if not isinstance(key, str) else key
+            # Keys are names (configs, profiles, hooks): take the text as written,
+            # so YAML 1.1 does not turn a config called `off` into False or
+            # `0x20B0` into 8368.
+            key = key_node.value
             if key in items:
                 first = key_locs[key]
                 raise SpecError(
