@@ -117,3 +117,46 @@ def test_failure_before_any_write_changes_nothing(tmp_path, monkeypatch):
     assert report.result(0).status == R.ROLLED_BACK
     assert layout(backend) == before
     assert ops(backend) == before_ops
+
+
+class _FlakyReads:
+    """Wraps a backend; the chosen read fails from its Nth call on (a driver hiccup)."""
+
+    def __init__(self, inner, method: str, from_call: int):
+        self._inner, self._method, self._from = inner, method, from_call
+        self.name = inner.name
+        self.calls = 0
+
+    def __getattr__(self, attr):
+        target = getattr(self._inner, attr)
+        if attr != self._method:
+            return target
+
+        def wrapped(*args):
+            self.calls += 1
+            if self.calls >= self._from:
+                from migmanagerd.gpu.backend import BackendError
+
+                raise BackendError(args[0] if args else None, f"read ({attr})", "UNKNOWN", "flaky")
+            return target(*args)
+
+        return wrapped
+
+
+def test_read_failure_after_writes_rolls_back_instead_of_crashing(tmp_path):
+    backend = sim_node(tmp_path, "1xA100-SXM4-40GB")
+    eng = engine(backend)
+    configs = default_configs().configs
+    eng.apply(configs["all-1g.5gb"])
+    old = layout(backend)
+    # Observation before the apply reads gpu_instances once; the read-back after
+    # the writes (the 3rd call: plan, re-plan, verify) fails.
+    flaky = _FlakyReads(backend, "gpu_instances", 3)
+    report = engine(flaky).apply(configs["all-balanced"])
+    r = report.result(0)
+    # undone, but the GPU cannot be read to prove it: reported as not restored
+    assert r.status == R.ROLLBACK_FAILED
+    assert "cannot read the GPU back" in r.error and "unreadable" in r.rollback_error
+    # the undo itself writes through the real backend: old shape is back
+    assert shape(layout(backend)[0]) == shape(old[0])
+    assert report.exit_code == 1

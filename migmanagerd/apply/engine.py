@@ -40,6 +40,10 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 
+def _onoff(flag: bool) -> str:
+    return "enabled" if flag else "disabled"
+
+
 def layout_key(view: GpuView) -> tuple:
     """What "the same layout" means for rollback checks: mode and devices at placements."""
     devices = sorted((d.placement.start, d.placement.size, d.profile) for d in view.devices)
@@ -171,14 +175,21 @@ class ApplyEngine:
 
         # Which GPUs now wait for a reset to activate the mode.
         waiting: list[int] = []
+        reboot: list[int] = []
         for entry in entries:
             if entry.index in results:
                 continue
-            mode = self.backend.mig_mode(entry.index)
-            if mode.current != mode.pending:
-                waiting.append(entry.index)
-        resettable = [i for i in waiting if self.backend.reset_available(i)]
-        reboot = [i for i in waiting if i not in resettable]
+            try:
+                mode = self.backend.mig_mode(entry.index)
+                if mode.current != mode.pending and not self.backend.reset_available(entry.index):
+                    reboot.append(entry.index)
+                elif mode.current != mode.pending:
+                    waiting.append(entry.index)
+            except Exception as exc:
+                results[entry.index] = self._undo(
+                    state.gpu(entry.index), writers[entry.index], progress,
+                    f"cannot read MIG mode after setting it: {exc}", start_ops[entry.index],
+                )
         for i in reboot:
             results[i] = GpuResult(
                 i, R.REBOOT_REQUIRED, _ops_since(writers[i], start_ops[i]),
@@ -186,27 +197,32 @@ class ApplyEngine:
             )
         reset_done: tuple[int, ...] = ()
         skipped: tuple[int, ...] = ()
-        if resettable and skip_reset:
-            skipped = tuple(resettable)
-            for i in resettable:
+        if waiting and skip_reset:
+            skipped = tuple(waiting)
+            for i in waiting:
                 results[i] = GpuResult(
                     i, R.MODE_PENDING, _ops_since(writers[i], start_ops[i]),
                     error="MIG mode change is pending a GPU reset (reset skipped on request)",
                 )
-        elif resettable:
-            reset_done = self._reset(resettable, state, plan, writers, progress, results, start_ops)
+        elif waiting:
+            reset_done = self._reset(waiting, state, plan, writers, progress, results, start_ops)
 
         for entry in entries:
             i = entry.index
             if i in results:
                 continue
-            mode = self.backend.mig_mode(i)
+            try:
+                mode = self.backend.mig_mode(i)
+            except Exception as exc:
+                results[i] = self._undo(state.gpu(i), writers[i], progress, f"cannot read MIG mode: {exc}", start_ops[i])
+                continue
             if mode.current == entry.mode_target and mode.pending == entry.mode_target:
                 results[i] = GpuResult(i, R.APPLIED, _ops_since(writers[i], start_ops[i]))
             else:
                 results[i] = self._undo(
                     state.gpu(i), writers[i], progress,
-                    f"MIG mode is {mode.current} (pending {mode.pending}) after the change, wanted {entry.mode_target}",
+                    f"MIG mode is {_onoff(mode.current)} ({_onoff(mode.pending)} pending) after the change, "
+                    f"wanted {_onoff(bool(entry.mode_target))}",
                     start_ops[i],
                 )
         ordered = tuple(results[e.index] for e in entries)
@@ -222,12 +238,16 @@ class ApplyEngine:
         done = []
         for i in indices:
             want = plan.gpu(i).mode_target
-            mode = self.backend.mig_mode(i)
+            try:
+                mode = self.backend.mig_mode(i)
+            except Exception as exc:
+                results[i] = self._undo(state.gpu(i), writers[i], progress, f"cannot read MIG mode after reset: {exc}", start_ops[i])
+                continue
             if mode.current == want and mode.pending == want:
                 writers[i].record_reset()
                 done.append(i)
             else:
-                why = f"GPU reset failed: {error}" if error else f"MIG mode still {mode.current} after reset"
+                why = f"GPU reset failed: {error}" if error else f"MIG mode still {_onoff(mode.current)} after reset"
                 results[i] = self._undo(state.gpu(i), writers[i], progress, why, start_ops[i])
         return tuple(done)
 
@@ -241,8 +261,20 @@ class ApplyEngine:
         skip: set[int],
     ) -> GeometryReport:
         # Re-observe: the mode phase (a reset) changed what is there.
-        state = self.observe()
-        plan = plan_node(config, state)
+        try:
+            state = self.observe()
+            plan = plan_node(config, state)
+        except Exception as exc:
+            # Without a fresh view nothing can be built safely; undo what the
+            # mode phase did so no GPU is left switched but empty.
+            results = []
+            for i, writer in writers.items():
+                if i in skip or not writer.wrote:
+                    continue
+                results.append(self._undo(state0.gpu(i), writer, progress, f"cannot plan MIG devices: {exc}", Counter(writer.ops)))
+            if not results:
+                raise
+            return GeometryReport(tuple(results))
         jobs: list[tuple[GpuView, GpuPlanEntry]] = []
         results: dict[int, GpuResult] = {}
         for entry in plan.gpus:
@@ -295,7 +327,10 @@ class ApplyEngine:
                 writer.create_device(gi_profile.nvml_id, dev.placement.start, ci_profile.nvml_id)
         except Exception as exc:
             return self._undo(before, writer, progress, str(exc), start)
-        after = self.observe_gpu(view)
+        try:
+            after = self.observe_gpu(view)
+        except Exception as exc:
+            return self._undo(before, writer, progress, f"cannot read the GPU back after applying: {exc}", start)
         got = Counter(d.profile for d in after.devices)
         want = Counter(d.profile for d in (*result.keep, *result.create))
         if got != want:
