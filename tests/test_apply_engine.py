@@ -28,6 +28,14 @@ A100_FITS = {
     "all-3g.20gb", "all-4g.20gb", "all-7g.40gb", "all-1g.10gb", "all-balanced",
 }
 MIXED_FITS = {"all-disabled", "all-enabled", "all-1g.10gb", "all-balanced"}
+H100_FITS = {
+    "all-disabled", "all-enabled", "all-1g.10gb", "all-1g.10gb.me", "all-1g.20gb", "all-2g.20gb",
+    "all-3g.40gb", "all-4g.40gb", "all-7g.80gb", "all-balanced",
+}
+A30_FITS = {
+    "all-disabled", "all-enabled", "all-1g.6gb", "all-1g.6gb.me", "all-2g.12gb", "all-2g.12gb.me",
+    "all-4g.24gb", "all-balanced",
+}
 
 
 def _classify(eng) -> tuple[set[str], set[str]]:
@@ -41,7 +49,10 @@ def _classify(eng) -> tuple[set[str], set[str]]:
     return fits, none
 
 
-@pytest.mark.parametrize("spec,expected", [(A100_NODE, A100_FITS), (MIXED_NODE, MIXED_FITS)])
+@pytest.mark.parametrize(
+    "spec,expected",
+    [(A100_NODE, A100_FITS), (MIXED_NODE, MIXED_FITS), ("2xH100-80GB", H100_FITS), ("2xA30-24GB", A30_FITS)],
+)
 def test_every_shipped_config_applies_or_is_refused_untouched(tmp_path, spec, expected):
     backend = sim_node(tmp_path, spec)
     eng = engine(backend)
