@@ -250,3 +250,25 @@ def test_bad_backend_name_is_exit_2(capsys, cmd):
         main([*cmd, "--backend", "bogus"])
     assert exc.value.code == 2
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+def test_apply_with_an_injected_fault_says_which_gpu_was_rolled_back(node, capsys, monkeypatch):
+    from apply_helpers import shape
+    from migmanagerd.gpu.sim_faults import PROCESS_FAULTS
+
+    assert run(capsys, "apply", "-f", CFG, "-c", "all-balanced")[0] == 0
+    before = layout(node)
+    PROCESS_FAULTS.reset()
+    monkeypatch.setenv("MIGMANAGERD_SIM_FAULTS", "set_mode@1:1")
+    code, out, _ = run(capsys, "apply", "-f", CFG, "-c", "all-disabled", "--json")
+    assert code == 1
+    doc = json.loads(out)
+    assert set(doc) == {"config", "exit_code", "gpus"} and doc["exit_code"] == 1
+    by_index = {g["index"]: g for g in doc["gpus"]}
+    assert set(by_index[1]) == {"index", "status", "operations", "error", "rollback_error", "kept_uuids"}
+    assert [by_index[i]["status"] for i in (0, 1, 2)] == ["applied", "rolled-back", "applied"]
+    assert "set" in by_index[1]["error"] or "MIG mode" in by_index[1]["error"]
+    assert shape(layout(node)[1]) == shape(before[1])
+    monkeypatch.delenv("MIGMANAGERD_SIM_FAULTS")
+    code, out, _ = run(capsys, "apply", "-f", CFG, "-c", "all-disabled")
+    assert code == 0 and "GPU 1: applied" in out and "GPU 0" not in out
