@@ -268,3 +268,43 @@ def test_progress_goes_to_the_notifier(tmp_path):
     assert rec.timeouts and all(t > 0 for t in rec.timeouts)
     # one extension before each long step at least: 2 sets + 1 reset + 8 creates
     assert len(rec.timeouts) >= 11
+
+
+def test_phase_callbacks_run_before_the_first_write_of_each_phase(tmp_path):
+    backend = sim_node(tmp_path, "2xA100-SXM4-40GB")
+    eng = engine(backend)
+    seen = []
+    eng.apply(
+        default_configs().configs["all-balanced"],
+        before_mode=lambda plan: seen.append(("mode", plan.mode_change_gpus, dict(ops(backend)))),
+        before_geometry=lambda plan: seen.append(("geometry", plan.geometry_change_gpus, dict(ops(backend)))),
+    )
+    assert seen == [
+        ("mode", (0, 1), {}),
+        ("geometry", (0, 1), {"set_mode": 2, "reset": 2}),
+    ]
+    seen.clear()
+    eng.apply(default_configs().configs["all-3g.20gb"], before_mode=lambda p: seen.append("mode"),
+              before_geometry=lambda p: seen.append("geometry"))
+    assert seen == ["geometry"]  # no mode change, so no mode callback
+    seen.clear()
+    eng.apply(default_configs().configs["all-3g.20gb"], before_mode=lambda p: seen.append("mode"),
+              before_geometry=lambda p: seen.append("geometry"))
+    assert seen == []  # nothing to do at all
+
+
+class HookFailed(Exception):
+    pass
+
+
+def test_failing_geometry_callback_rolls_the_mode_change_back(tmp_path):
+    backend = sim_node(tmp_path, "2xA100-SXM4-40GB")
+    eng = engine(backend)
+
+    def fail(plan):
+        raise HookFailed("pre-apply-config hook exited 1")
+
+    with pytest.raises(HookFailed):
+        eng.apply(default_configs().configs["all-balanced"], before_geometry=fail)
+    assert all(v == (False, False, ()) for v in layout(backend).values())
+    assert "create_gi" not in ops(backend)

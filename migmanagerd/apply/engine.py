@@ -36,6 +36,8 @@ log = get_logger("apply")
 
 MAX_WORKERS = 16
 
+PhaseHook = Callable[[NodePlan], None]
+
 T = TypeVar("T")
 U = TypeVar("U")
 
@@ -94,7 +96,26 @@ class ApplyEngine:
 
     # --- writing -------------------------------------------------------------
 
-    def apply(self, config: MigConfig, *, mode_only: bool = False, skip_reset: bool = False) -> ApplyReport:
+    def apply(
+        self,
+        config: MigConfig,
+        *,
+        mode_only: bool = False,
+        skip_reset: bool = False,
+        before_mode: PhaseHook | None = None,
+        before_geometry: PhaseHook | None = None,
+    ) -> ApplyReport:
+        """Mode, then geometry; GPUs already as wanted get no write.
+
+        ``before_mode(plan)`` runs just before the first mode write (only when a
+        mode changes) and ``before_geometry(plan)`` just before the first MIG
+        device write (only when devices change; ``plan`` is the re-plan after
+        the mode phase): the places nvidia-mig-parted runs its
+        ``pre-apply-mode`` and ``pre-apply-config`` hooks. If
+        ``before_geometry`` raises, the mode changes already made are rolled
+        back and the exception propagates; ``before_mode`` raising leaves the
+        node untouched.
+        """
         state = self.observe()
         plan = self.plan(config, mode_only=mode_only, state=state)
         require_feasible(plan)
@@ -106,11 +127,15 @@ class ApplyEngine:
         writers = {i: GpuWriter(self.backend, i, progress.for_gpu(i)) for i in selected}
         mode_report = None
         if plan.mode_change_gpus:
+            if before_mode is not None:
+                before_mode(plan)
             mode_report = self._mode_phase(plan, state, writers, progress, skip_reset=skip_reset)
         geometry_report = None
         if not mode_only:
             skip = {r.index for r in mode_report.gpus if not r.ok} if mode_report else set()
-            geometry_report = self._geometry_phase(config, state, writers, progress, skip=skip)
+            geometry_report = self._geometry_phase(
+                config, state, writers, progress, skip=skip, before=before_geometry
+            )
         results = []
         for i in selected:
             results.append(self._combine(i, state, plan, writers[i], mode_report, geometry_report))
@@ -259,6 +284,7 @@ class ApplyEngine:
         progress: Progress,
         *,
         skip: set[int],
+        before: PhaseHook | None = None,
     ) -> GeometryReport:
         # Re-observe: the mode phase (a reset) changed what is there.
         try:
@@ -288,6 +314,14 @@ class ApplyEngine:
                 continue
             jobs.append((view, entry))
         before_views = {v.index: v for v in state0.gpus}
+        if before is not None and any(e.needs_geometry_change for _, e in jobs):
+            try:
+                before(plan)
+            except BaseException:
+                for i, writer in writers.items():
+                    if writer.wrote:
+                        self._undo(before_views[i], writer, progress, "stopped before creating MIG devices", Counter(writer.ops))
+                raise
 
         def one(job: tuple[GpuView, GpuPlanEntry]) -> GpuResult:
             view, entry = job
