@@ -51,18 +51,26 @@ def run(args: argparse.Namespace) -> int:
     return run_apply(args)
 
 
-def run_apply(args: argparse.Namespace, *, notify=None, fallback: Fallback | None = None) -> int:
-    report = apply_selected(args, notify=notify, fallback=fallback)
+def run_apply(args: argparse.Namespace, *, notify=None, fallback: Fallback | None = None, **phase_hooks) -> int:
+    report = apply_selected(args, notify=notify, fallback=fallback, **phase_hooks)
     print_report(report, as_json=getattr(args, "json", False))
     return report.exit_code
 
 
-def apply_selected(args: argparse.Namespace, *, notify=None, fallback: Fallback | None = None) -> ApplyReport:
-    """Select the config (flags/env/fallback), open the backend and apply; the report, unprinted."""
+def apply_selected(
+    args: argparse.Namespace, *, notify=None, fallback: Fallback | None = None, before_mode=None, before_geometry=None
+) -> ApplyReport:
+    """Select the config (flags/env/fallback), open the backend and apply; the report, unprinted.
+
+    ``before_mode``/``before_geometry`` are passed to ``ApplyEngine.apply``
+    (where the pre-apply-mode / pre-apply-config hooks belong)."""
     _, config = load_selection(args, fallback=fallback)
     engine = open_engine(args, notify=notify)
     try:
-        return engine.apply(config, mode_only=args.mode_only, skip_reset=args.skip_reset)
+        return engine.apply(
+            config, mode_only=args.mode_only, skip_reset=args.skip_reset,
+            before_mode=before_mode, before_geometry=before_geometry,
+        )
     finally:
         engine.backend.close()
 
