@@ -1,29 +1,41 @@
 # Two commands do all set-up on a fresh Debian 12 machine (as root):
-#   make test   installs what the tests need, then runs them
 #   make demo   installs what the demo needs, then runs it
+#   make test   installs what the tests need, then runs them (CI: .ci/run)
 PYTHON ?= /usr/bin/python3
 VENV   ?= .venv
 VPY    := $(VENV)/bin/python
-APT_PACKAGES := python3-gi python3-pydbus python3-yaml python3-sdnotify python3-venv dbus systemd build-essential dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian groff-base git
 
-.PHONY: test demo deps venv bench clean
+# What migmanagerd needs on a node (Debian packages pydbus, PyGObject, sdnotify).
+RUNTIME_APT := python3-gi python3-pydbus python3-yaml python3-sdnotify python3-venv dbus systemd
+# What the tests add: the package build and lintian (tests/test_package.py) and
+# a real Slurm (tests/test_integrations_slurm_real.py).
+TEST_APT := build-essential dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian groff-base git slurmctld slurmd slurm-client
 
-deps: $(VENV)/.stamp
+.PHONY: test demo deps test-deps bench clean
 
-# apt first (Debian packages pydbus/PyGObject/sdnotify), then a venv that sees
-# them (--system-site-packages) for what Debian does not package.
-$(VENV)/.stamp: pyproject.toml
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+# apt first, then a venv that sees the Debian packages (--system-site-packages)
+# for what Debian does not package (nvidia-ml-py, the test tools).
+deps: $(VENV)/.stamp
+
+$(VENV)/.stamp: pyproject.toml
+	$(call apt_install,$(RUNTIME_APT))
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
 	touch $@
 
-test: deps
+test-deps: deps
+	$(call apt_install,$(TEST_APT))
+
+test: test-deps
 	$(VPY) -m pytest -q
 
 demo: deps
