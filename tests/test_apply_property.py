@@ -1,0 +1,69 @@
+"""Property: from any layout to any layout that fits, one apply reaches the
+target, keeps the UUID of every device the plan keeps, and never writes more
+than emptying the GPU and rebuilding it would."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from functools import lru_cache
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from apply_helpers import catalog, engine, layout, ops, sim_node
+from migmanagerd.planner.placement import plan_gpu
+from migmanagerd.planner.types import GpuPlan
+from migmanagerd.spec.config import parse_config
+from migmanagerd.spec.profile import MigProfile
+
+MODEL = "A100-SXM4-40GB"
+
+
+@lru_cache(maxsize=None)
+def feasible_targets() -> tuple[tuple[tuple[str, int], ...], ...]:
+    """Every multiset of plain A100-40GB profiles (full CIs, plus 1c.3g.20gb) that fits one GPU."""
+    model = catalog().get(MODEL)
+    names = ["1g.5gb", "1g.10gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb", "1c.3g.20gb"]
+    out = []
+    for counts in itertools.product(range(8), range(5), range(4), range(3), range(2), range(2), range(3)):
+        target = tuple((n, c) for n, c in zip(names, counts) if c)
+        if sum(counts) > 7:
+            continue
+        wanted = [(MigProfile.parse(n), c) for n, c in target]
+        if isinstance(plan_gpu(model, (), wanted), GpuPlan):
+            out.append(target)
+    return tuple(out)
+
+
+def _config(target: tuple[tuple[str, int], ...]):
+    devices = ", ".join(f'"{n}": {c}' for n, c in target)
+    text = f"version: v1\nmig-configs:\n  t:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {{{devices}}}\n"
+    return parse_config(text, "t.yaml").configs["t"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_layout_to_any_layout(tmp_path_factory, data):
+    targets = feasible_targets()
+    first = data.draw(st.sampled_from(targets), label="from")
+    second = data.draw(st.sampled_from(targets), label="to")
+    backend = sim_node(tmp_path_factory.mktemp("node"), f"1x{MODEL}")
+    eng = engine(backend)
+    assert eng.apply(_config(first)).exit_code == 0
+    before = layout(backend)[0]
+    plan = eng.plan(_config(second))
+    kept = {d.uuid for d in plan.gpu(0).result.keep}
+    spent_before = Counter(ops(backend))
+
+    report = eng.apply(_config(second))
+
+    assert report.exit_code == 0
+    assert eng.assert_config(_config(second)) == []
+    now = layout(backend)[0]
+    assert kept <= {d[3] for d in now[2]}
+    spent = sum((Counter(ops(backend)) - spent_before).values())
+    rebuild = 2 * len(before[2]) + 2 * sum(c for _, c in second)
+    assert spent <= rebuild
+    if kept:
+        assert spent < rebuild
