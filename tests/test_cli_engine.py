@@ -272,3 +272,20 @@ def test_apply_with_an_injected_fault_says_which_gpu_was_rolled_back(node, capsy
     monkeypatch.delenv("MIGMANAGERD_SIM_FAULTS")
     code, out, _ = run(capsys, "apply", "-f", CFG, "-c", "all-disabled")
     assert code == 0 and "GPU 1: applied" in out and "GPU 0" not in out
+
+
+def test_generated_config_for_every_catalog_model_passes_validate(capsys, tmp_path):
+    out_file = tmp_path / "all.yaml"
+    models = [a for name in catalog().names for a in ("--model", name)]
+    code, _, err = run(capsys, "generate-config", *models, "-f", str(out_file))
+    assert code == 0
+    code, _, verr = run(capsys, "validate", "-f", str(out_file))
+    assert code == 0, verr
+    generated = parse_config(out_file.read_text(), str(out_file))
+    # one all-balanced entry per model with known PCI ids, each filtered to them
+    # (a model without PCI ids cannot be filtered for: it is left out, with a warning)
+    entries = generated.configs["all-balanced"].entries
+    with_ids = [m for m in catalog().models if m.pci_ids]
+    assert len(entries) == len(with_ids) < len(catalog().models)
+    assert all(e.device_filters for e in entries)
+    assert "has no known PCI device id" in err

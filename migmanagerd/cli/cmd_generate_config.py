@@ -12,6 +12,9 @@ from migmanagerd.apply.configtext import config_json, render_config_file
 from migmanagerd.cli.common import add_backend, add_debug
 from migmanagerd.cli.selection import open_engine
 from migmanagerd.errors import EXIT_OK, UsageError
+from migmanagerd.log import get_logger
+
+log = get_logger("generate-config")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -65,7 +68,14 @@ def _models(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from migmanagerd.apply.generate import generate
 
-    configs = generate(_models(args))
+    models = _models(args)
+    for model in dict.fromkeys(models):
+        if not model.pci_ids:
+            log.warning(
+                "%s has no known PCI device id, so no device-filtered config can select it; only "
+                "all-disabled and all-enabled apply to it", model.name,
+            )
+    configs = generate(models)
     if args.output_format == "json":
         text = json.dumps(config_json(configs), indent=2) + "\n"
     else:
