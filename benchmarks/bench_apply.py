@@ -27,7 +27,6 @@ import os
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 from migmanagerd.apply.engine import ApplyEngine

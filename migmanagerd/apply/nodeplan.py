@@ -14,9 +14,7 @@ this module adds MIG-mode semantics on top:
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable
 
 from migmanagerd.apply.observe import GpuView, NodeState
 from migmanagerd.errors import UsageError
@@ -162,6 +160,3 @@ def plan_node(config: MigConfig, state: NodeState, *, mode_only: bool = False) -
     entries = tuple(plan_one(v, targets.get(v.index), mode_only=mode_only) for v in state.gpus)
     return NodePlan(config=config.name, gpus=entries, mode_only=mode_only)
 
-
-def device_multiset(devices: Iterable[MigDevice]) -> Counter[str]:
-    return Counter(d.profile for d in devices)

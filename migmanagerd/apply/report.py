@@ -66,15 +66,6 @@ class GpuResult:
         }
 
 
-def merge_ops(*parts: Mapping[str, int]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for part in parts:
-        for k, v in part.items():
-            if v:
-                out[k] = out.get(k, 0) + v
-    return out
-
-
 def _exit_code(results: Iterable[GpuResult]) -> int:
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
