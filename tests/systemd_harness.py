@@ -5,10 +5,17 @@ when it sees ``/run/systemd/system`` (it refuses to start otherwise). So the
 manager runs in a private mount namespace (``unshare --mount``) with its own
 tmpfs ``/run``; its bus socket and ``XDG_RUNTIME_DIR`` live in a normal temp
 directory, so the test process itself, outside the namespace, reaches both.
-See /work/shared/docs/real-systemd-testing.md for the recipe this follows.
+See /work/shared/docs/real-systemd-testing.md for the recipe this follows,
+with one difference found while building this: the user manager's stock
+``dbus.socket`` listens on ``$XDG_RUNTIME_DIR/bus`` and the manager only joins
+a bus once its own ``dbus.service`` runs, so a separately started dbus-daemon
+gets its socket path taken over. The harness therefore lets the manager run
+the bus itself (socket-activated ``dbus.service``) and waits until
+``org.freedesktop.systemd1`` answers on it.
 
-Everything is torn down by PID (the dbus pid file and the manager's own PID),
-never by process name, and every wait is bounded.
+Everything is torn down by PID (the manager's own PID, then the bus daemon's
+PID read from ``dbus.service``'s MainPID), never by process name, and every
+wait is bounded.
 """
 
 from __future__ import annotations
@@ -28,17 +35,46 @@ COMMAND_TIMEOUT_S = 30.0
 
 # Runs inside `unshare --mount`. `exec` keeps the manager's PID equal to the
 # PID of the process we started, so we can tear it down by that PID.
+#
+# The manager takes the cgroup it starts in as its root and creates app.slice/
+# UNIT.service below it. Started from a process in the machine's /init.scope,
+# every concurrent test session's manager would share one /app.slice, and
+# stopping dbus.service (or any same-named unit) in one session would kill the
+# others' processes. So the shell first moves itself into a cgroup of its own,
+# NAME/init.scope (NAME: the session's temp dir), in each hierarchy that
+# exists; the manager strips "/init.scope" and takes NAME as its root, as a
+# real user manager in user@UID.service/init.scope does.
 _BOOT_SCRIPT = r"""
 set -e
+for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
+  if [ -w "$h/cgroup.procs" ]; then
+    mkdir -p "$h/$CGROUP/init.scope" && echo $$ >"$h/$CGROUP/init.scope/cgroup.procs"
+  fi
+done
 mount -t tmpfs tmpfs /run
 mkdir -p /run/systemd/system
-# No --fork: the bus stays a child of this shell, which becomes the manager
-# below, so the manager reaps it when the harness kills it (no zombie left).
-dbus-daemon --session --nofork --address="unix:path=$T/run/bus" --print-address=3 3>"$T/bus.addr" &
-echo $! >"$T/dbus.pid.tmp" && mv "$T/dbus.pid.tmp" "$T/dbus.pid"
-for _ in $(seq 200); do [ -s "$T/bus.addr" ] && break; sleep 0.05; done
-[ -s "$T/bus.addr" ] || { echo "dbus-daemon did not start" >&2; exit 1; }
 exec "$SYSTEMD" --user >"$T/systemd.log" 2>&1
+"""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+# The user bus, as the manager runs it: a socket on $XDG_RUNTIME_DIR/bus that
+# activates dbus-daemon. The manager recognises these two by name and joins
+# the bus once dbus.service runs. Written here (they override any stock copy)
+# so the harness does not depend on the dbus-user-session package.
+_DBUS_SOCKET = """\
+[Unit]
+Description=D-Bus bus for tests
+[Socket]
+ListenStream=%t/bus
+"""
+_DBUS_SERVICE = f"""\
+[Unit]
+Description=D-Bus bus for tests
+Requires=dbus.socket
+[Service]
+ExecStart={shutil.which("dbus-daemon") or "/usr/bin/dbus-daemon"} --session --address=systemd: --nofork --nopidfile --systemd-activation --nosyslog
+StandardOutput=append:{{root}}/dbus.log
+StandardError=append:{{root}}/dbus.log
 """
 
 
@@ -71,6 +107,7 @@ class SystemdUserManager:
     env: dict[str, str]
     unit_dir: Path
     _proc: subprocess.Popen | None = field(default=None, repr=False)
+    _dbus_started: str = field(default="", repr=False)
 
     # --- commands -----------------------------------------------------------
 
@@ -114,6 +151,10 @@ class SystemdUserManager:
         unit_dir = cfg_dir / "systemd" / "user"
         run_dir.mkdir(mode=0o700)
         unit_dir.mkdir(parents=True)
+        (unit_dir / "dbus.socket").write_text(_DBUS_SOCKET)
+        (unit_dir / "dbus.service").write_text(_DBUS_SERVICE.format(root=root))
+        (unit_dir / "sockets.target.wants").mkdir()
+        (unit_dir / "sockets.target.wants" / "dbus.socket").symlink_to(unit_dir / "dbus.socket")
         bus = f"unix:path={run_dir}/bus"
         env = {
             "DBUS_SYSTEM_BUS_ADDRESS": bus,
@@ -126,6 +167,10 @@ class SystemdUserManager:
             **env,
             "T": str(root),
             "SYSTEMD": str(SYSTEMD_BINARY),
+            "CGROUP": root.name,
+            # No journald in the namespace: the manager logs to systemd.log.
+            "SYSTEMD_LOG_TARGET": "console",
+            "SYSTEMD_LOG_LEVEL": os.environ.get("MIGMANAGERD_TEST_SYSTEMD_LOG_LEVEL", "info"),
         }
         # The manager must not report readiness to a systemd the tests run under.
         boot_env.pop("NOTIFY_SOCKET", None)
@@ -147,24 +192,25 @@ class SystemdUserManager:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        pid_file = self.root / "dbus.pid"
         last = ""
         while time.monotonic() < deadline:
             assert self._proc is not None
             if self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
                 raise HarnessError(f"systemd --user exited early ({self._proc.returncode}): {err.strip()} {self._log_tail()}")
-            if not self.dbus_pid and pid_file.exists():
-                text = pid_file.read_text().strip()
-                if text.isdigit():
-                    self.dbus_pid = int(text)
-            if self.dbus_pid:
-                # Not `is-system-running`: outside the namespace there is no
-                # /run/systemd/system, so systemctl would answer "offline".
-                proc = self.systemctl("show", "-p", "SystemState", "--value", check=False, timeout=5)
-                last = proc.stdout.strip() or proc.stderr.strip()
-                # "degraded" means some stock user unit failed; the manager works.
-                if last in ("running", "degraded"):
+            # Not `is-system-running`: outside the namespace there is no
+            # /run/systemd/system, so systemctl would answer "offline".
+            proc = self.systemctl("show", "-p", "SystemState", "--value", check=False, timeout=5)
+            last = proc.stdout.strip() or proc.stderr.strip()
+            # "degraded" means some stock user unit failed; the manager works.
+            if last in ("running", "degraded"):
+                # The first call socket-activates dbus.service; the manager
+                # joins the bus once that runs.
+                last = _ping_systemd(self.env["DBUS_SESSION_BUS_ADDRESS"])
+                if not last:
+                    pid = self.prop("dbus.service", "MainPID")
+                    self.dbus_pid = int(pid) if pid.isdigit() else 0
+                    self._dbus_started = _start_time(self.dbus_pid)
                     return
             time.sleep(0.05)
         raise HarnessError(f"systemd --user not ready after {START_TIMEOUT_S}s (last answer: {last!r}) {self._log_tail()}")
@@ -177,16 +223,94 @@ class SystemdUserManager:
             return ""
 
     def stop(self) -> None:
-        """Stop the bus, then the manager (its parent, which reaps it), by PID;
-        remove the temp root."""
-        if self.dbus_pid:
-            _terminate(self.dbus_pid, lambda: not _alive(self.dbus_pid))
+        """Stop the manager (it stops its units, the bus among them), then
+        make sure the bus daemon is gone, by PID; remove the temp root."""
         if self._proc is not None:
             if self._proc.poll() is None:
                 _terminate(self._proc.pid, lambda: self._proc.poll() is not None)
             if self._proc.stderr:
                 self._proc.stderr.close()
+        # The manager normally stopped the bus already; kill a leftover only
+        # if the PID is still that process (same start time), not a reuse.
+        if self.dbus_pid and self._dbus_started and _start_time(self.dbus_pid) == self._dbus_started:
+            _terminate(self.dbus_pid, lambda: not _alive(self.dbus_pid))
+        _remove_cgroups(self.root.name)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _ping_systemd(address: str) -> str:
+    """"" when systemd answers on the bus at ``address``, else why not."""
+    from gi.repository import Gio, GLib
+
+    try:
+        con = Gio.DBusConnection.new_for_address_sync(
+            address,
+            Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION,
+            None,
+            None,
+        )
+    except GLib.Error as exc:
+        return exc.message
+    try:
+        con.call_sync(
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.DBus.Peer",
+            "Ping",
+            None,
+            None,
+            Gio.DBusCallFlags.NO_AUTO_START,
+            2000,
+            None,
+        )
+        return ""
+    except GLib.Error as exc:
+        return exc.message
+    finally:
+        con.close_sync(None)
+
+
+def _remove_cgroups(name: str) -> None:
+    """Kill what is left in this session's cgroups (by the PIDs listed there:
+    only processes the session's manager started), then remove the cgroups,
+    deepest first, in every hierarchy."""
+    if not name.startswith("migmanagerd-systemd-"):
+        return  # never touch a cgroup this harness did not name
+    trees = [h / name for h in CGROUP_ROOT.iterdir() if (h / name).is_dir()] if CGROUP_ROOT.is_dir() else []
+    if (CGROUP_ROOT / name).is_dir():
+        trees.append(CGROUP_ROOT / name)
+    for _ in range(2):
+        pids = set()
+        for tree in trees:
+            for procs in tree.rglob("cgroup.procs"):
+                try:
+                    pids.update(int(p) for p in procs.read_text().split())
+                except (OSError, ValueError):
+                    pass
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not pids:
+            break
+        time.sleep(0.2)
+    for tree in trees:
+        dirs = sorted((d for d in tree.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts))
+        for d in [*dirs, tree]:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks (/proc/PID/stat field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
 
 
 def _alive(pid: int) -> bool:
@@ -197,7 +321,7 @@ def _alive(pid: int) -> bool:
     # A zombie child of ours still answers kill(0); it is gone for our purpose.
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
+            return f.read().rsplit(") ", 1)[1][:1] != "Z"
     except OSError:
         return False
 

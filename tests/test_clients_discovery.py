@@ -54,17 +54,18 @@ def test_real_process_maps_to_its_real_unit(systemd_user, manager, sim):
 
 
 def test_process_outside_any_service_is_refused_even_with_discover_stop(systemd_user, manager, sim):
-    # Started by us, not by systemd: it lands in the manager's init.scope,
-    # as a shell user's process lands in a session scope on a real node.
+    # Started by us, not by systemd: outside the manager's cgroup tree, so it
+    # has no unit (on a real node a shell user's process is in a session
+    # scope, which discovery refuses the same way).
     proc = subprocess.Popen(["/bin/sleep", "1000"])
     try:
         sim.attach(0, proc.pid)
         holders = find_gpu_holders(sim, manager, [0])
         assert len(holders) == 1
-        assert holders[0].unit is not None and not holders[0].unit.endswith(".service")
+        assert holders[0].unit is None
         with pytest.raises(GpuBusy) as info:
             check_holders(holders, [], "stop")
-        assert f"PID {proc.pid} '/bin/sleep 1000'" in str(info.value)
+        assert f"PID {proc.pid} '/bin/sleep 1000' (no systemd unit)" in str(info.value)
         assert "End these processes" in str(info.value)
     finally:
         proc.kill()
@@ -141,3 +142,9 @@ def test_exited_process_is_left_out():
     backend = ListsDeadPids([proc.pid, os.getpid(), os.getpid()])
     holders = find_gpu_holders(backend, None, [0])
     assert [h.pid for h in holders] == [os.getpid()]
+
+
+def test_holder_in_a_scope_is_refused_even_with_discover_stop():
+    holder = GpuHolder(0, 5, "bash", "session-3.scope")
+    with pytest.raises(GpuBusy, match=r"PID 5 'bash' \(unit session-3.scope\).*End these processes"):
+        check_holders([holder], [], "stop")

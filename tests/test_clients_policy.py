@@ -302,12 +302,18 @@ def deadlock_setup(u, mode: str):
         "t-mig.service",
         f"[Unit]\nBefore={T}\n[Service]\nType=oneshot\nRemainAfterExit=yes\n"
         f"Environment=DBUS_SYSTEM_BUS_ADDRESS={bus}\n"
-        f"ExecStart={sys.executable} {script} {mode} {out} t-mig.service c-client.service\n",
+        f"ExecStart={sys.executable} {script} {mode} {out} t-mig.service c-client.service\n"
+        f"StandardOutput=append:{u.root}/t-mig.log\nStandardError=append:{u.root}/t-mig.log\n",
     )
     u.write_unit(T, "[Unit]\nWants=t-mig.service\n")
     u.write_unit("c-client.service", f"[Unit]\nAfter={T}\n" + SLEEPER)
     u.daemon_reload()
     return out
+
+
+def oneshot_log(u) -> str:
+    path = u.root / "t-mig.log"
+    return path.read_text() if path.exists() else "(no output)"
 
 
 def test_no_deadlock_restarting_a_client_from_the_oneshot(systemd_user):
@@ -316,7 +322,7 @@ def test_no_deadlock_restarting_a_client_from_the_oneshot(systemd_user):
     # As at boot: the target's start job waits for the oneshot.
     u.systemctl("start", "--no-block", T)
     u.wait_for("t-mig.service", "active", timeout=20)
-    assert u.prop("t-mig.service", "Result") == "success"
+    assert u.prop("t-mig.service", "Result") == "success", oneshot_log(u)
     result = json.loads(out.read_text())
     assert result == {"started": [], "enqueued": ["c-client.service"], "failed": []}
     u.wait_for(T, "active")
@@ -327,7 +333,10 @@ def test_naive_blocking_start_from_the_oneshot_deadlocks_until_timeout(systemd_u
     u = systemd_user
     out = deadlock_setup(u, "naive")
     u.systemctl("start", "--no-block", T)
-    u.wait_for("t-mig.service", "active", timeout=20)
+    try:
+        u.wait_for("t-mig.service", "active", timeout=20)
+    except Exception:
+        raise AssertionError(oneshot_log(u)) from None
     result = json.loads(out.read_text())
     # The client's start job waited for the target, which waited for the
     # oneshot, which was waiting for the client: only the timeout ended it.

@@ -257,8 +257,10 @@ class SystemdManager:
                 loop.quit()
                 return False
 
-            def on_closed(*_args: object) -> None:
+            def on_closed(_con: object, _vanished: bool, error: Any) -> None:
                 fired.append("closed")
+                if error is not None:
+                    fired.append(error.message)
                 loop.quit()
 
             timer = GLib.timeout_add(max(1, int(timeout_s * 1000)), on_timeout)
@@ -272,7 +274,10 @@ class SystemdManager:
                 if "timeout" not in fired:
                     GLib.source_remove(timer)
             if "closed" in fired and job not in self._results:
-                raise BusUnavailable(f"unit {unit}: D-Bus connection to {self.address} closed while waiting for the {action} job")
+                cause = f" ({fired[-1]})" if fired[-1] != "closed" else ""
+                raise BusUnavailable(
+                    f"unit {unit}: D-Bus connection to {self.address} closed while waiting for the {action} job{cause}"
+                )
             if job not in self._results:
                 raise JobTimeout(unit, timeout_s, action)
         return self._results.pop(job)
