@@ -1,0 +1,328 @@
+"""A private systemd user manager for the demo.
+
+The demo machine need not boot with systemd, but ``systemd --user`` runs
+anywhere it sees ``/run/systemd/system`` (it refuses to start otherwise). So,
+as /work/shared/docs/real-systemd-testing.md describes, the manager runs in
+its own mount namespace (``unshare --mount``) over a tmpfs ``/run``; the host's
+``/run`` is never touched. Its ``XDG_RUNTIME_DIR`` (and with it the bus socket)
+is in the demo's temp directory, so ``systemctl --user`` and migmanagerd,
+outside the namespace, reach it there.
+
+The bus: a dbus-daemon listening on ``$XDG_RUNTIME_DIR/bus``. The user manager
+takes that path over for its own ``dbus.socket`` and only joins a bus once its
+``dbus.service`` runs (tests/systemd_harness.py found this), so instead of a
+separately forked daemon the manager socket-activates dbus-daemon itself from
+two tiny units written here. Either way it is a dbus-daemon on a socket in the
+temp dir, gone when the manager goes.
+
+``SYSTEMD_UNIT_PATH`` (read by the manager at start; the trailing ``:`` keeps
+the default directories) adds the demo node's ``etc/systemd/system`` and
+``usr/lib/systemd/system`` in front, so the unit, its selector drop-in
+(``override.conf``, rewritten by ``migmanagerd select``) and the GPU clients
+live in the node root exactly where a real node has them.
+
+Every wait is bounded. Teardown is by PID only, never by name: the manager
+(the PID we started; ``exec`` keeps it), then anything it left behind among
+the PIDs recorded while it ran (the bus daemon, the clients' ``/bin/sleep``),
+each checked against its start time so a reused PID is never signalled, then
+the PIDs still listed in the demo's own cgroups (see _BOOT_SCRIPT), which are
+removed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+SYSTEMD_BINARY = Path("/lib/systemd/systemd")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_PREFIX = "migmanagerd-demo-"  # the only cgroups teardown ever removes
+START_TIMEOUT_S = 30.0
+COMMAND_TIMEOUT_S = 30.0
+
+# Runs inside `unshare --mount`; `exec` keeps the manager's PID = our child's PID.
+#
+# The manager takes the cgroup it starts in as its root and puts each unit in
+# app.slice/UNIT.service below it. Started from the machine's /init.scope,
+# every user manager on the machine (a test session's, another demo's) would
+# share one /app.slice, and stopping dbus.service in one would kill the
+# others' bus daemons (tests/systemd_harness.py found this). So the shell first
+# moves itself into NAME/init.scope (NAME: the demo's temp dir name) in each
+# writable hierarchy; the manager strips "/init.scope" and takes NAME as its
+# root, as a real user manager in user@UID.service/init.scope does.
+_BOOT_SCRIPT = r"""
+set -e
+for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
+  if [ -w "$h/cgroup.procs" ]; then
+    mkdir -p "$h/$CGROUP/init.scope" && echo $$ >"$h/$CGROUP/init.scope/cgroup.procs"
+  fi
+done
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/system
+exec "$SYSTEMD" --user >"$T/systemd.log" 2>&1
+"""
+
+_DBUS_SOCKET = """\
+[Unit]
+Description=D-Bus bus of the migmanagerd demo
+[Socket]
+ListenStream=%t/bus
+"""
+
+
+def _dbus_service(log: Path) -> str:
+    daemon = shutil.which("dbus-daemon") or "/usr/bin/dbus-daemon"
+    # its complaints (a client disconnected for exceeding a limit, ...) go to
+    # a file in the demo's directory: there is no syslog/journald here
+    return (
+        "[Unit]\nDescription=D-Bus bus of the migmanagerd demo\nRequires=dbus.socket\n"
+        "[Service]\n"
+        f"ExecStart={daemon} --session --address=systemd: --nofork --nopidfile --systemd-activation --nosyslog\n"
+        f"StandardOutput=append:{log}\nStandardError=append:{log}\n"
+    )
+
+
+def missing_requirement() -> str | None:
+    """What this machine lacks to run the demo, or None."""
+    if os.geteuid() != 0:
+        return "needs root (unshare --mount needs CAP_SYS_ADMIN)"
+    for tool, package in (("unshare", "util-linux"), ("dbus-daemon", "dbus"), ("systemctl", "systemd")):
+        if shutil.which(tool) is None:
+            return f"{tool} not found (apt-get install {package})"
+    if not SYSTEMD_BINARY.exists():
+        return f"{SYSTEMD_BINARY} not found (apt-get install systemd)"
+    try:
+        import gi  # noqa: F401  (python3-gi: how migmanagerd talks D-Bus)
+    except ImportError:
+        return "python3-gi not importable (apt-get install python3-gi)"
+    return None
+
+
+class ManagerError(RuntimeError):
+    pass
+
+
+class UserManager:
+    """One running ``systemd --user`` on a private bus, rooted at ``root``."""
+
+    def __init__(self, root: Path, unit_path: list[Path]) -> None:
+        self.root = root
+        self.run_dir = root / "run"
+        self.cfg_dir = root / "cfg"
+        self.user_unit_dir = self.cfg_dir / "systemd" / "user"
+        self.unit_path = unit_path
+        self.bus = f"unix:path={self.run_dir}/bus"
+        self.env = {
+            "DBUS_SESSION_BUS_ADDRESS": self.bus,
+            "XDG_RUNTIME_DIR": str(self.run_dir),
+            "XDG_CONFIG_HOME": str(self.cfg_dir),
+        }
+        self._proc: subprocess.Popen | None = None
+        self._seen: dict[int, str] = {}  # pid -> start time, for teardown
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        wants = self.user_unit_dir / "sockets.target.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        (self.user_unit_dir / "dbus.socket").write_text(_DBUS_SOCKET)
+        (self.user_unit_dir / "dbus.service").write_text(_dbus_service(self.root / "dbus.log"))
+        (wants / "dbus.socket").symlink_to(self.user_unit_dir / "dbus.socket")
+        env = {
+            **os.environ, **self.env, "T": str(self.root), "SYSTEMD": str(SYSTEMD_BINARY),
+            "CGROUP": self.root.name,
+            # no journald in the namespace: the manager logs to systemd.log
+            "SYSTEMD_LOG_TARGET": "console",
+        }
+        env["SYSTEMD_UNIT_PATH"] = ":".join(str(p) for p in self.unit_path) + ":"
+        # the manager must not report to a systemd the demo itself may run under
+        env.pop("NOTIFY_SOCKET", None)
+        self._proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "bash", "-c", _BOOT_SCRIPT],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            # its own session: a Ctrl-C in the terminal reaches only the demo,
+            # which then tears the manager down in order
+            start_new_session=True,
+        )
+        self._remember(self._proc.pid)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        last = ""
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise ManagerError(f"systemd --user exited early ({self._proc.returncode}); {self.log_tail()}")
+            # not `is-system-running`: outside the namespace there is no
+            # /run/systemd/system, so systemctl would answer "offline"
+            proc = self.systemctl("show", "-p", "SystemState", "--value", timeout=5)
+            last = proc.stdout.strip() or proc.stderr.strip()
+            if last in ("running", "degraded"):
+                # the first call socket-activated dbus.service; wait until the
+                # manager answers on that bus (what migmanagerd will use)
+                last = _ping_systemd(self.bus)
+                if not last:
+                    self.remember_unit("dbus.service")
+                    return
+            time.sleep(0.05)
+        raise ManagerError(f"systemd --user not ready after {START_TIMEOUT_S:.0f}s (last answer: {last!r}); {self.log_tail()}")
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = (self.root / "systemd.log").read_text(errors="replace")
+        except OSError:
+            return "no systemd log"
+        return "systemd log: " + " | ".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """Stop the manager (it stops its units, the bus among them), then
+        anything recorded that is still the same process; never by name."""
+        if self._proc is not None and self._proc.poll() is None:
+            _terminate(self._proc.pid, lambda: self._proc.poll() is not None)
+        for pid, started in list(self._seen.items()):
+            if self._proc is not None and pid == self._proc.pid:
+                continue
+            if _start_time(pid) == started:
+                _terminate(pid, lambda pid=pid, started=started: _start_time(pid) != started or not _alive(pid))
+        _remove_cgroups(self.root.name)
+
+    # --- commands -----------------------------------------------------------
+
+    def systemctl(self, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+        """``systemctl --user ARGS`` against this manager (never raises on exit status)."""
+        env = {**os.environ, **self.env}
+        try:
+            return subprocess.run(["systemctl", "--user", *args], env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise ManagerError(f"systemctl --user {' '.join(args)} did not return within {timeout:.0f}s") from None
+
+    def prop(self, unit: str, name: str) -> str:
+        return self.systemctl("show", "-p", name, "--value", unit).stdout.rstrip("\n")
+
+    def props(self, unit: str, *names: str) -> dict[str, str]:
+        out = self.systemctl("show", *(f"--property={n}" for n in names), unit).stdout
+        found = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        return {n: found.get(n, "") for n in names}
+
+    def main_pid(self, unit: str) -> int:
+        pid = self.prop(unit, "MainPID")
+        n = int(pid) if pid.isdigit() else 0
+        if n:
+            self._remember(n)
+        return n
+
+    def remember_unit(self, unit: str) -> None:
+        self.main_pid(unit)
+
+    def wait_for(self, unit: str, states: tuple[str, ...], timeout: float = 20.0) -> str:
+        """Wait until ``unit``'s ActiveState is one of ``states``; return it
+        (or the last one seen, on timeout)."""
+        deadline = time.monotonic() + timeout
+        seen = ""
+        while time.monotonic() < deadline:
+            seen = self.prop(unit, "ActiveState")
+            if seen in states:
+                return seen
+            time.sleep(0.05)
+        return seen
+
+    def _remember(self, pid: int) -> None:
+        started = _start_time(pid)
+        if started:
+            self._seen.setdefault(pid, started)
+
+
+def _ping_systemd(address: str) -> str:
+    """"" when systemd answers on the bus at ``address``, else why not."""
+    from gi.repository import Gio, GLib
+
+    try:
+        con = Gio.DBusConnection.new_for_address_sync(
+            address,
+            Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION,
+            None,
+            None,
+        )
+    except GLib.Error as exc:
+        return exc.message
+    try:
+        con.call_sync(
+            "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.DBus.Peer", "Ping",
+            None, None, Gio.DBusCallFlags.NO_AUTO_START, 2000, None,
+        )
+        return ""
+    except GLib.Error as exc:
+        return exc.message
+    finally:
+        con.close_sync(None)
+
+
+def _remove_cgroups(name: str) -> None:
+    """Kill what is left in the demo's own cgroups (only processes its manager
+    started are there), then remove them, deepest first, in every hierarchy."""
+    if not name.startswith(CGROUP_PREFIX) or not CGROUP_ROOT.is_dir():
+        return  # never touch a cgroup the demo did not name
+    trees = [h / name for h in CGROUP_ROOT.iterdir() if (h / name).is_dir()]
+    if (CGROUP_ROOT / name).is_dir():
+        trees.append(CGROUP_ROOT / name)
+    for _ in range(3):
+        pids: set[int] = set()
+        for tree in trees:
+            for procs in tree.rglob("cgroup.procs"):
+                try:
+                    pids.update(int(p) for p in procs.read_text().split())
+                except (OSError, ValueError):
+                    pass
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not pids:
+            break
+        time.sleep(0.2)
+    for tree in trees:
+        for d in sorted((d for d in tree.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)) + [tree]:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time (/proc/PID/stat field 22); "" if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _terminate(pid: int, gone, grace_s: float = 10.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if gone():
+                return
+            time.sleep(0.05)
