@@ -91,6 +91,9 @@ class Demo:
         argv = ["systemctl", "--user", verb, *units]
         out(f"$ systemctl {verb} {' '.join(units)}", INDENT)
         seen: list[str] = []
+        # the text the previous run left; progress starts when it changes
+        initial = self.mgr.prop(SERVICE, "StatusText")
+        moved = False
         proc = subprocess.Popen(argv, env={**os.environ, **self.mgr.env}, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + UNIT_TIMEOUT_S
@@ -99,7 +102,8 @@ class Demo:
                 if time.monotonic() > deadline:
                     raise StepFailed(f"systemctl {verb} {' '.join(units)} did not return within {UNIT_TIMEOUT_S:.0f}s")
                 text = self.mgr.prop(SERVICE, "StatusText")
-                if text and (not seen or seen[-1] != text):
+                moved = moved or text != initial
+                if moved and text and (not seen or seen[-1] != text):
                     seen.append(text)
                 time.sleep(0.05)
         finally:
@@ -144,7 +148,10 @@ class Demo:
         props = self.mgr.props(SERVICE, "ActiveState", "SubState", "Result", "ExecMainStatus", "StatusText")
         out("$ systemctl status nvidia-mig-manager   (excerpt)", INDENT)
         text = self.mgr.systemctl("status", "-n0", "--no-pager", SERVICE).stdout
-        keep = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(("Docs:", "CPU:"))]
+        keep = [
+            line for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith(("Docs:", "CPU:", "file:", "man:"))
+        ]
         out("\n".join(keep), INDENT * 2)
         return props
 
@@ -277,7 +284,7 @@ class Demo:
         if not self.holds(["1g.5gb", "1g.5gb", "2g.10gb", "3g.20gb"]):
             raise StepFailed("all-balanced was not re-applied at boot")
         done = int(self.mgr.prop(SERVICE, "ExecMainExitTimestampMonotonic") or 0)
-        out("ordering (µs after the unit's main process exited):", INDENT)
+        out("when each client started, relative to the end of the unit's run:", INDENT)
         early = []
         for c in CLIENTS:
             started = int(self.mgr.prop(c, "ExecMainStartTimestampMonotonic") or 0)
@@ -350,7 +357,8 @@ class Demo:
         reason = props["StatusText"]
         if "fit" not in reason and "3g.20gb" not in reason:
             raise StepFailed(f"the status does not say why: {reason!r}")
-        return f"refused with exit status 2, clients untouched (same MainPIDs), node unchanged; reason: {reason}"
+        short = reason if len(reason) <= 150 else reason[:150] + "…"
+        return f"refused with exit status 2, clients untouched (same MainPIDs), node unchanged; reason: {short}"
 
 
 KEEP_LOGS_ENV = "MIGMANAGERD_DEMO_KEEP_LOGS"
@@ -383,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupted)
+    # Ctrl-C unwinds through the teardown even where the demo was started
+    # with SIGINT ignored (a background job of a non-interactive shell)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     base = Path(tempfile.mkdtemp(prefix=CGROUP_PREFIX))
     mgr: UserManager | None = None
     demo: Demo | None = None
@@ -426,8 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         # Ctrl-C during teardown must not leave the manager behind
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if mgr is not None:
-            mgr.stop()
+        left = mgr.stop() if mgr is not None else []
         _keep_logs(base)
         shutil.rmtree(base, ignore_errors=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -437,7 +447,13 @@ def main(argv: list[str] | None = None) -> int:
     if demo is not None:
         for n, title, ok, detail in demo.results:
             out(f"step {n}: {'OK    ' if ok else 'FAILED'} {title}")
-    gone = "removed" if not base.exists() else "NOT removed"
-    out(f"cleanup: user manager and its bus stopped, clients stopped, {base} {gone}")
-    out(f"demo {'PASSED' if code == 0 else 'FAILED'} in {time.monotonic() - t0:.1f}s (exit {code})")
+    if base.exists():
+        left.append(str(base))
+    if left:
+        out(f"cleanup FAILED: still there: {', '.join(left)}")
+        code = code or 1
+    else:
+        out(f"cleanup: OK - user manager, its bus and the GPU clients stopped; {base} removed")
+    verdict = "PASSED" if code == 0 else "INTERRUPTED" if code in (130, 143) else "FAILED"
+    out(f"demo {verdict} in {time.monotonic() - t0:.1f}s (exit {code})")
     return code

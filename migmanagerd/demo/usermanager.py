@@ -183,9 +183,10 @@ class UserManager:
             return "no systemd log"
         return "systemd log: " + " | ".join(text.splitlines()[-lines:])
 
-    def stop(self) -> None:
+    def stop(self) -> list[str]:
         """Stop the manager (it stops its units, the bus among them), then
-        anything recorded that is still the same process; never by name."""
+        anything recorded that is still the same process; never by name.
+        Returns what is still left (empty when everything is gone)."""
         if self._proc is not None and self._proc.poll() is None:
             _terminate(self._proc.pid, lambda: self._proc.poll() is not None)
         for pid, started in list(self._seen.items()):
@@ -194,6 +195,10 @@ class UserManager:
             if _start_time(pid) == started:
                 _terminate(pid, lambda pid=pid, started=started: _start_time(pid) != started or not _alive(pid))
         _remove_cgroups(self.root.name)
+        left = [f"pid {pid}" for pid, started in self._seen.items() if _start_time(pid) == started and _alive(pid)]
+        if CGROUP_ROOT.is_dir():
+            left += [str(h / self.root.name) for h in [CGROUP_ROOT, *CGROUP_ROOT.iterdir()] if (h / self.root.name).is_dir()]
+        return left
 
     # --- commands -----------------------------------------------------------
 
