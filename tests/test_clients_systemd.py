@@ -211,3 +211,41 @@ def test_systemd_gone_from_the_bus(manager, mocker):
     manager._con.call_sync.side_effect = gone
     with pytest.raises(BusUnavailable, match="systemd is not on the D-Bus bus"):
         manager.unit("t-whatever.service")
+
+
+def test_bus_without_systemd_is_bus_unavailable(tmp_path, monkeypatch):
+    import shutil
+    import signal
+    import subprocess
+
+    if shutil.which("dbus-daemon") is None:
+        pytest.skip("dbus-daemon not found (apt-get install dbus)")
+    address = f"unix:path={tmp_path}/bus"
+    daemon = subprocess.Popen(
+        ["dbus-daemon", "--session", "--nofork", f"--address={address}", "--print-address=1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        import select
+
+        ready, _, _ = select.select([daemon.stdout], [], [], 10)
+        assert ready and daemon.stdout.readline().strip(), "dbus-daemon did not start within 10s"
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
+        with pytest.raises(BusUnavailable) as info:
+            SystemdManager.connect(timeout_s=5)
+        assert str(info.value) == f"cannot subscribe to systemd: systemd is not on the D-Bus bus at {address}"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=10)
+        daemon.stdout.close()
+
+
+def test_reload_failure_is_typed(manager, mocker):
+    from gi.repository import Gio, GLib
+
+    denied = GLib.Error.new_literal(Gio.dbus_error_quark(), "Access denied", int(Gio.DBusError.ACCESS_DENIED))
+    mocker.patch.object(manager, "_con", wraps=manager._con)
+    manager._con.call_sync.side_effect = denied
+    with pytest.raises(SystemdError, match=r"cannot reload systemd \(daemon-reload\): .*Access denied"):
+        manager.reload()

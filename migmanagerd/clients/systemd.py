@@ -105,8 +105,12 @@ class SystemdManager:
         self._con = bus.con
         self.address = address
         self._timeout_ms = max(1, int(timeout_s * 1000))
-        self._results: dict[str, str] = {}  # job path -> result, from JobRemoved
+        # Results of the jobs this object waits for (not every job on the bus,
+        # which JobRemoved also reports), keyed by job path.
+        self._watched: set[str] = set()
+        self._results: dict[str, str] = {}
         self._waiting: tuple[str, Any] | None = None  # (job path, GLib.MainLoop)
+        self._context: Any = None  # the GLib main context signals arrive on
         self._subscription: Any = None
         self._closed = False
 
@@ -128,7 +132,11 @@ class SystemdManager:
             raise BusUnavailable(f"cannot connect to the D-Bus system bus at {address}: {exc.message}") from None
         manager = cls(bus, address, timeout_s)
         # Prove systemd answers now, so a missing manager fails here, clearly.
-        manager._manager_call("Subscribe", None, None, what="subscribe to systemd")
+        try:
+            manager._manager_call("Subscribe", None, None, what="subscribe to systemd")
+        except _RemoteError as exc:
+            manager.close()
+            raise exc.as_error("subscribe to systemd") from None
         return manager
 
     def close(self) -> None:
@@ -206,7 +214,11 @@ class SystemdManager:
 
     def reload(self, timeout_s: float = 90.0) -> None:
         """daemon-reload. systemd answers Reload only once reloading is done."""
-        self._manager_call("Reload", None, None, what="reload systemd (daemon-reload)", timeout_s=timeout_s)
+        what = "reload systemd (daemon-reload)"
+        try:
+            self._manager_call("Reload", None, None, what=what, timeout_s=timeout_s)
+        except _RemoteError as exc:
+            raise exc.as_error(what) from None
 
     def reboot(self) -> str:
         """Reboot the way ``systemctl reboot`` does; returns the job path."""
@@ -223,14 +235,25 @@ class SystemdManager:
 
         self._ensure_subscribed()
         (job,) = self._unit_call(method, name, GLib.Variant("(ss)", (name, mode)), "(o)", action)
-        result = self._wait_job(str(job), name, timeout_s, action)
+        # Signals are only dispatched while _wait_job runs the loop, so
+        # watching the job now, after the call returned, misses nothing.
+        self._watched.add(str(job))
+        try:
+            result = self._wait_job(str(job), name, timeout_s, action)
+        finally:
+            self._watched.discard(str(job))
         if result != JOB_DONE:
             raise JobFailed(name, result, action)
         return result
 
     def _ensure_subscribed(self) -> None:
+        from gi.repository import GLib
+
         if self._subscription is not None:
             return
+        # GDBus delivers the signal on the thread-default context current
+        # now; the waits below run exactly that context.
+        self._context = GLib.MainContext.ref_thread_default()
         self._subscription = self._bus.subscribe(
             sender=SYSTEMD_BUS_NAME,
             iface=MANAGER_IFACE,
@@ -241,6 +264,8 @@ class SystemdManager:
 
     def _on_job_removed(self, sender: str, obj: str, iface: str, signal: str, params: tuple) -> None:
         _job_id, job, _unit, result = params
+        if str(job) not in self._watched:
+            return
         self._results[str(job)] = str(result)
         if self._waiting is not None and self._waiting[0] == job:
             self._waiting[1].quit()
@@ -249,7 +274,7 @@ class SystemdManager:
         from gi.repository import GLib
 
         if job not in self._results:
-            loop = GLib.MainLoop()
+            loop = GLib.MainLoop.new(self._context, False)
             fired: list[str] = []
 
             def on_timeout() -> bool:
@@ -263,7 +288,9 @@ class SystemdManager:
                     fired.append(error.message)
                 loop.quit()
 
-            timer = GLib.timeout_add(max(1, int(timeout_s * 1000)), on_timeout)
+            timer = GLib.timeout_source_new(max(1, int(timeout_s * 1000)))
+            timer.set_callback(lambda *_: on_timeout())
+            timer.attach(self._context)
             closed_handler = self._con.connect("closed", on_closed)
             self._waiting = (job, loop)
             try:
@@ -271,8 +298,7 @@ class SystemdManager:
             finally:
                 self._waiting = None
                 self._con.disconnect(closed_handler)
-                if "timeout" not in fired:
-                    GLib.source_remove(timer)
+                timer.destroy()
             if "closed" in fired and job not in self._results:
                 cause = f" ({fired[-1]})" if fired[-1] != "closed" else ""
                 raise BusUnavailable(
@@ -338,7 +364,17 @@ class SystemdManager:
         reply_type = GLib.VariantType.new(reply) if reply else None
         try:
             result = self._con.call_sync(
-                SYSTEMD_BUS_NAME, path, iface, method, params, reply_type, Gio.DBusCallFlags.NONE, timeout_ms, None
+                SYSTEMD_BUS_NAME,
+                path,
+                iface,
+                method,
+                params,
+                reply_type,
+                # systemd is never bus-activated: without it, fail at once
+                # (ServiceUnknown) instead of trying an activation file.
+                Gio.DBusCallFlags.NO_AUTO_START,
+                timeout_ms,
+                None,
             )
         except GLib.Error as exc:
             err = _RemoteError.from_glib(exc, self.address)
@@ -386,7 +422,10 @@ class _RemoteError(Exception):
     def as_error(self, what: str) -> SystemdError:
         if self.kind == "closed":
             return BusUnavailable(f"cannot {what}: the D-Bus connection to {self.address} closed")
-        if self.name in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
+        if self.name in (
+            "org.freedesktop.DBus.Error.ServiceUnknown",
+            "org.freedesktop.DBus.Error.NameHasNoOwner",
+        ) or self.name.startswith("org.freedesktop.DBus.Error.Spawn."):
             return BusUnavailable(f"cannot {what}: systemd is not on the D-Bus bus at {self.address}")
         if self.name in ("org.freedesktop.DBus.Error.Disconnected",):
             return BusUnavailable(f"cannot {what}: disconnected from the D-Bus bus at {self.address}")
