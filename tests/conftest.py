@@ -13,7 +13,9 @@ The object it yields has:
   or ``monkeypatch.setenv`` it, and ``pydbus.SystemBus()`` (thus
   ``SystemdManager.connect()``) and ``systemctl --user`` reach this manager.
 * ``unit_dir: Path`` — where unit files go ($XDG_CONFIG_HOME/systemd/user).
-* ``root: Path`` — the session's temp directory (handy for marker files).
+* ``root: Path`` — the session's temp directory (handy for marker files;
+  the manager's own log is ``root / "systemd.log"``, more of it with
+  ``MIGMANAGERD_TEST_SYSTEMD_LOG_LEVEL=debug``).
 * ``write_unit(name, text) -> Path`` — write a unit file, or a drop-in when
   ``name`` is ``"x.service.d/y.conf"``. Call ``daemon_reload()`` afterwards.
 * ``daemon_reload()``
@@ -23,6 +25,12 @@ The object it yields has:
 * ``prop(unit, name) -> str`` — ``systemctl --user show -p NAME --value UNIT``.
 * ``wait_for(unit, state, timeout=10)`` — poll ActiveState until it equals
   ``state``; raises on timeout.
+
+Units started by this manager get a plain environment (PATH, HOME, LANG) plus
+``env``: a unit running migmanagerd reaches this manager over D-Bus with no
+Environment= line. Each session's manager runs in a cgroup of its own, so test
+sessions running at the same time on one machine do not touch each other's
+units.
 
 After each test every pending job is cancelled, every unit the test wrote is
 killed, stopped and reset, every file the test added under ``unit_dir``

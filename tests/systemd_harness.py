@@ -44,8 +44,11 @@ COMMAND_TIMEOUT_S = 30.0
 # NAME/init.scope (NAME: the session's temp dir), in each hierarchy that
 # exists; the manager strips "/init.scope" and takes NAME as its root, as a
 # real user manager in user@UID.service/init.scope does.
+# Arguments: $1 temp root, $2 systemd binary, $3 cgroup name, $4 log level
+# (arguments, not environment, so they do not leak into every unit).
 _BOOT_SCRIPT = r"""
 set -e
+T=$1 SYSTEMD=$2 CGROUP=$3 LOG_LEVEL=$4
 for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
   if [ -w "$h/cgroup.procs" ]; then
     mkdir -p "$h/$CGROUP/init.scope" && echo $$ >"$h/$CGROUP/init.scope/cgroup.procs"
@@ -53,7 +56,8 @@ for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
 done
 mount -t tmpfs tmpfs /run
 mkdir -p /run/systemd/system
-exec "$SYSTEMD" --user >"$T/systemd.log" 2>&1
+# No journald in the namespace: the manager logs to systemd.log.
+exec "$SYSTEMD" --user --log-target=console --log-level="$LOG_LEVEL" >"$T/systemd.log" 2>&1
 """
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -162,20 +166,18 @@ class SystemdUserManager:
             "XDG_RUNTIME_DIR": str(run_dir),
             "XDG_CONFIG_HOME": str(cfg_dir),
         }
-        boot_env = {
-            **os.environ,
-            **env,
-            "T": str(root),
-            "SYSTEMD": str(SYSTEMD_BINARY),
-            "CGROUP": root.name,
-            # No journald in the namespace: the manager logs to systemd.log.
-            "SYSTEMD_LOG_TARGET": "console",
-            "SYSTEMD_LOG_LEVEL": os.environ.get("MIGMANAGERD_TEST_SYSTEMD_LOG_LEVEL", "info"),
-        }
-        # The manager must not report readiness to a systemd the tests run under.
-        boot_env.pop("NOTIFY_SOCKET", None)
+        # The manager hands its environment to every unit it starts: keep it
+        # to what a node's manager has plus the bus addresses, so units see
+        # DBUS_SYSTEM_BUS_ADDRESS (and reach this manager) but nothing of
+        # pytest's. No NOTIFY_SOCKET: it must not notify a systemd above us.
+        boot_env = {k: os.environ[k] for k in ("PATH", "LANG", "HOME") if k in os.environ}
+        boot_env.update(env)
+        log_level = os.environ.get("MIGMANAGERD_TEST_SYSTEMD_LOG_LEVEL", "info")
         proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "bash", "-c", _BOOT_SCRIPT],
+            [
+                "unshare", "--mount", "--propagation", "private",
+                "bash", "-c", _BOOT_SCRIPT, "bash", str(root), str(SYSTEMD_BINARY), root.name, log_level,
+            ],
             env=boot_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
