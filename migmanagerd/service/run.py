@@ -56,6 +56,14 @@ class RunOutcome:
     message: str
 
 
+class _Combined(MigManagerError):
+    """A run that failed, and whose owed client restarts failed too."""
+
+    def __init__(self, first: Exception, then: MigManagerError) -> None:
+        self.exit_code = getattr(first, "exit_code", EXIT_FAILED)
+        super().__init__(f"{first}; then: {then}")
+
+
 class LazySystemd:
     """Connects to systemd on first use: a run that changes nothing needs no D-Bus."""
 
@@ -112,6 +120,10 @@ class ServiceRun:
         self.stopped: list[str] = []  # restart order, this run and carried over
         self.clients_stopped = 0
         self.rebooting = False  # a reboot was requested: leave the clients to the next boot
+        self.report: dict = {}  # per-GPU results ("mode", "gpus"), kept when the run fails too
+        self.changed = False  # some GPU was written
+        self._clients = None  # clients.yaml, once loaded (its stop/start timeouts)
+        self._restart_tried = False
 
     # --- the run -------------------------------------------------------------
 
@@ -133,22 +145,39 @@ class ServiceRun:
 
         name = "?"
         engine = None
-        outcome: RunOutcome
-        report_json: dict = {}
-        changed = False
+        outcome: RunOutcome | None = None
+        failure: Exception | None = None
         try:
+            name, config, hooks, clients, integrations = self._load_inputs(state.selected_config)
+            self._clients = clients
+            engine = self._engine()
+            outcome = self._converge(engine, name, config, hooks, clients, integrations)
+        except Exception as exc:
+            failure = exc
+        if not self._restart_tried:
+            # units an earlier run left stopped are owed a start even when
+            # this run stops early (bad input, nothing to change)
             try:
-                name, config, hooks, clients, integrations = self._load_inputs(state.selected_config)
-                engine = self._engine()
-                outcome, report_json, changed = self._converge(engine, name, config, hooks, clients, integrations)
-            finally:
                 self._restart_clients()
-        except MigManagerError as exc:
-            outcome = RunOutcome(exc.exit_code, "failed", str(exc))
-        self._record(name, started, outcome, report_json)
+            except MigManagerError as exc:
+                if failure is None:
+                    failure = exc
+                else:
+                    failure = _Combined(failure, exc)
+            except Exception as exc:
+                failure = failure or exc
+        if isinstance(failure, MigManagerError):
+            outcome = RunOutcome(failure.exit_code, "failed", str(failure))
+        elif failure is not None:  # a bug or an OS error: still record the run and say what happened
+            log.debug("unexpected error", exc_info=failure)
+            outcome = RunOutcome(EXIT_FAILED, "failed", f"unexpected error: {type(failure).__name__}: {failure}")
+        assert outcome is not None
+        self._record(name, started, outcome, self.report)
         if engine is not None:
-            self._integrations(engine, name, outcome, time.monotonic() - t0, report_json, changed)
-            engine.backend.close()
+            try:
+                self._integrations(engine, name, outcome, time.monotonic() - t0, self.report, self.changed)
+            finally:
+                engine.backend.close()
         self.systemd.close()
         if outcome.exit_code != EXIT_OK:
             log.error("%s", outcome.message)
@@ -207,10 +236,10 @@ class ServiceRun:
         backend = self._backend if self._backend is not None else open_backend(self.opts.backend)
         return ApplyEngine(backend, notify=self.notify)
 
-    def _converge(self, engine, name, config, hooks, clients, integrations):
+    def _converge(self, engine, name, config, hooks, clients, integrations) -> RunOutcome:
         from migmanagerd.apply.nodeplan import require_feasible
         from migmanagerd.hooks.runner import HookRunner
-        from migmanagerd.service.reboot_guard import RebootAction, clear_marker, guard_reboot
+        from migmanagerd.service.reboot_guard import clear_marker
 
         self.notify.status(f"planning config '{name}'")
         plan = engine.plan(config, mode_only=self.opts.mode_only)
@@ -219,7 +248,7 @@ class ServiceRun:
             if self.store.load().state.reboot_guard is not None:
                 clear_marker(self.store)
             self._persist_selection(name)
-            return RunOutcome(EXIT_OK, "ok", f"config '{name}' is already applied; nothing to do"), {}, False
+            return RunOutcome(EXIT_OK, "ok", f"config '{name}' is already applied; nothing to do")
 
         touched = sorted(set(plan.mode_change_gpus) | set(plan.geometry_change_gpus))
         runner = HookRunner(hooks, self._hook_env(name, touched), timeout_s=self.opts.hook_timeout_s)
@@ -229,95 +258,145 @@ class ServiceRun:
         self._slurm_before_change(integrations, name)
 
         self.notify.status(f"applying config '{name}' to GPU(s) {', '.join(map(str, touched))}")
-        failure: MigManagerError | None = None
-        outcome: RunOutcome | None = None
-        report_json: dict = {}
-        changed = False
+        failure: BaseException | None = None
         try:
+            # apply-exit runs (below) once apply-start has begun, whatever happens
             self._hook(runner, "apply-start")
-            if plan.mode_change_gpus:
-                self._hook(runner, "pre-apply-mode")
-                self._stop_clients(name, "mode", tuple(listed_mode) + extra)
-                mode_report = engine.apply_mode(plan, skip_reset=self.opts.skip_reset)
-                changed = True
-                report_json["mode"] = [r.to_json() for r in mode_report.gpus]
-                if mode_report.exit_code != EXIT_OK:
-                    raise MigManagerError(
-                        "MIG mode change failed: " + "; ".join(r.describe() for r in mode_report.gpus if not r.ok)
-                    )
-                if mode_report.reboot_required:
-                    decision = guard_reboot(
-                        self.store, name, mode_report.reboot_required, self.opts.allow_reboot
-                    )
-                    if decision.action is RebootAction.REBOOT:
-                        log.warning("%s", decision.message)
-                        self.notify.status(decision.message)
-                        self.rebooting = True
-                        self.systemd.reboot()
-                        outcome = RunOutcome(EXIT_OK, "reboot-required", decision.message)
-                        return outcome, report_json, changed
-                    if decision.action is RebootAction.WAIT:
-                        outcome = RunOutcome(EXIT_OK, "reboot-required", decision.message)
-                        return outcome, report_json, changed
-                    raise MigManagerError(decision.message)
-                if mode_report.reset_skipped:
-                    outcome = RunOutcome(
-                        EXIT_OK, "ok",
-                        f"config '{name}': MIG mode change is pending on GPU(s) "
-                        f"{', '.join(map(str, mode_report.reset_skipped))} (--skip-reset): reset or reboot to finish",
-                    )
-                    return outcome, report_json, changed
-                if self.store.load().state.reboot_guard is not None:
-                    clear_marker(self.store)
-            if not self.opts.mode_only:
-                self._hook(runner, "pre-apply-config")
-                self._stop_clients(name, "config", tuple(listed_config) + extra)
-                geometry = engine.apply_geometry(config)
-                report_json["gpus"] = [r.to_json() for r in geometry.gpus]
-                changed = changed or any(r.op_count for r in geometry.gpus)
-                if geometry.exit_code != EXIT_OK:
-                    raise MigManagerError(
-                        f"config '{name}' not applied: "
-                        + "; ".join(r.describe() for r in geometry.gpus if not r.ok)
-                    )
-            outcome = RunOutcome(EXIT_OK, "ok", f"config '{name}' applied")
-            self._persist_selection(name)
-            return outcome, report_json, changed
-        except MigManagerError as exc:
+            return self._change(engine, name, config, plan, listed_mode, listed_config, extra, runner)
+        except BaseException as exc:
             failure = exc
             raise
         finally:
+            self._after_change(runner, failure)
+
+    def _change(self, engine, name, config, plan, listed_mode, listed_config, extra, runner) -> RunOutcome:
+        from migmanagerd.service.reboot_guard import RebootAction, clear_marker, guard_reboot
+
+        if plan.mode_change_gpus:
+            self._hook(runner, "pre-apply-mode")
+            self._stop_clients(name, "mode", tuple(listed_mode) + extra)
+            mode_report = engine.apply_mode(plan, skip_reset=self.opts.skip_reset)
+            self.changed = True
+            self.report["mode"] = [r.to_json() for r in mode_report.gpus]
+            if mode_report.exit_code != EXIT_OK:
+                raise MigManagerError(
+                    "MIG mode change failed: " + "; ".join(r.describe() for r in mode_report.gpus if not r.ok)
+                )
+            if mode_report.reboot_required:
+                decision = guard_reboot(self.store, name, mode_report.reboot_required, self.opts.allow_reboot)
+                if decision.action is RebootAction.REBOOT:
+                    log.warning("%s", decision.message)
+                    self.notify.status(decision.message)
+                    try:
+                        self.systemd.reboot()
+                    except MigManagerError as exc:
+                        # no reboot is coming: the marker must not make the
+                        # next run wait for one (or refuse the one it needs)
+                        clear_marker(self.store)
+                        raise MigManagerError(f"{decision.message}, but the reboot request failed: {exc}") from None
+                    # the units are enabled: the next boot starts them
+                    self.rebooting = True
+                    return RunOutcome(EXIT_OK, "reboot-required", decision.message)
+                if decision.action is RebootAction.WAIT:
+                    return RunOutcome(EXIT_OK, "reboot-required", decision.message)
+                raise MigManagerError(decision.message)
+            if mode_report.reset_skipped:
+                return RunOutcome(
+                    EXIT_OK, "ok",
+                    f"config '{name}': MIG mode change is pending on GPU(s) "
+                    f"{', '.join(map(str, mode_report.reset_skipped))} (--skip-reset): reset or reboot to finish",
+                )
+            if self.store.load().state.reboot_guard is not None:
+                clear_marker(self.store)
+        if not self.opts.mode_only:
+            self._hook(runner, "pre-apply-config")
+            self._stop_clients(name, "config", tuple(listed_config) + extra)
+            geometry = engine.apply_geometry(config)
+            self.report["gpus"] = [r.to_json() for r in geometry.gpus]
+            self.changed = self.changed or any(r.op_count for r in geometry.gpus)
+            if geometry.exit_code != EXIT_OK:
+                raise MigManagerError(
+                    f"config '{name}' not applied: "
+                    + "; ".join(r.describe() for r in geometry.gpus if not r.ok)
+                )
+        self._persist_selection(name)
+        return RunOutcome(EXIT_OK, "ok", f"config '{name}' applied")
+
+    def _after_change(self, runner, failure: BaseException | None) -> None:
+        """Restart the clients, then run apply-exit, both whatever happened
+        before; a failure of either is raised after both were tried, unless
+        the change itself already failed (that error is the one reported)."""
+        errors: list[MigManagerError] = []
+        try:
             self._restart_clients()
-            try:
-                self._hook(runner, "apply-exit")
-            except MigManagerError as exc:
-                if failure is None:
-                    raise
+        except MigManagerError as exc:
+            errors.append(exc)
+        try:
+            self._hook(runner, "apply-exit")
+        except MigManagerError as exc:
+            errors.append(exc)
+        if not errors:
+            return
+        if failure is None and len(errors) == 1:
+            raise errors[0]
+        if failure is not None and not isinstance(failure, MigManagerError):
+            for exc in errors:
                 log.error("%s (after: %s)", exc, failure)
+            return  # the unexpected error goes on up
+        # the change failed and so did its cleanup: report both, first what failed first
+        causes = ([str(failure)] if failure is not None else []) + [str(e) for e in errors]
+        raise MigManagerError("; then: ".join(causes)) from failure
 
     # --- clients -------------------------------------------------------------
 
     def _controller(self):
         from migmanagerd.clients.policy import ClientController
 
-        return ClientController(self.systemd.get(), notify=self.notify)
+        timeouts = {}
+        if self._clients is not None:  # clients.yaml's stop-timeout / start-timeout
+            timeouts = {"stop_timeout_s": self._clients.stop_timeout_s, "start_timeout_s": self._clients.start_timeout_s}
+        return ClientController(self.systemd.get(), notify=self.notify, **timeouts)
 
     def _stop_clients(self, name: str, change: str, units) -> None:
+        """Stop ``units`` (listed in start order) in reverse order, one at a
+        time. Each unit that will need a start afterwards is journaled BEFORE
+        its stop job is queued: a run killed while a stop is in flight, or
+        between a stop and the next state write, still leaves the unit in the
+        journal for the next run to start again."""
+        from migmanagerd.clients.policy import stop_decision
+
         units = [u for u in dict.fromkeys(units) if u not in self.stopped]
         if not units:
             return
         self.store.begin_journal(name, f"stopping clients before {change} change")
         self.notify.status(f"stopping {len(units)} GPU client(s) before the {change} change")
         controller = self._controller()
-        try:
-            report = controller.stop(units)
-        except MigManagerError as exc:
-            partial = getattr(exc, "report", None)
-            if partial is not None:
-                self._note_stopped(partial.restart)
-            raise
-        self._note_stopped(report.restart)
+        for unit in reversed(units):
+            try:
+                action, _ = stop_decision(self.systemd.unit(unit))
+            except MigManagerError:
+                action = "stop-and-restart"  # unknown: journaling it is the safe side
+            if action in ("stop-and-restart", "restart-only"):
+                self._note_stopped([unit])
+            try:
+                report = controller.stop([unit])
+            except MigManagerError as exc:
+                partial = getattr(exc, "report", None)
+                if partial is not None:
+                    self._settle(unit, partial.restart)
+                raise
+            self._settle(unit, report.restart)
         self.store.set_phase(f"applying {change}")
+
+    def _settle(self, unit: str, restart_order) -> None:
+        """After ``unit``'s stop: journal it if it needs a start afterwards,
+        and forget it if it does not (it was journaled ahead, in case)."""
+        if unit in restart_order:
+            self._note_stopped([unit])
+        elif unit in self.stopped:
+            self.store.record_started([unit])
+            self.stopped.remove(unit)
+            self.clients_stopped -= 1
 
     def _note_stopped(self, restart_order) -> None:
         new = [u for u in restart_order if u not in self.stopped]
@@ -328,6 +407,7 @@ class ServiceRun:
             self.clients_stopped += len(new)
 
     def _restart_clients(self) -> None:
+        self._restart_tried = True
         if not self.stopped:
             if self.store.load().state.journal is not None:
                 self.store.end_journal()
@@ -398,7 +478,9 @@ class ServiceRun:
                 log.warning("selection written, but systemd was not reloaded: %s", exc)
 
     def _record(self, name: str, started: str, outcome: RunOutcome, report_json: dict) -> None:
-        gpus = {str(g["index"]): g for g in report_json.get("gpus", []) if "index" in g}
+        # a GPU whose mode change failed has no geometry result: its mode result stands
+        gpus = {str(g["index"]): g for g in report_json.get("mode", []) if "index" in g}
+        gpus.update({str(g["index"]): g for g in report_json.get("gpus", []) if "index" in g})
         last = LastRun(
             config=name, started_at=started, finished_at=utc_now(), result=outcome.result,
             exit_code=outcome.exit_code, gpus=gpus, message=outcome.message,
