@@ -343,3 +343,19 @@ def test_naive_blocking_start_from_the_oneshot_deadlocks_until_timeout(systemd_u
     assert result["naive"] == "timeout"
     assert result["own_state"] == "activating"
     assert "c-client.service" in result["message"]
+
+
+def test_a_reloading_unit_is_stopped_and_restarted(systemd_user, manager):
+    u = systemd_user
+    u.write_unit("c-reload.service", "[Service]\nExecStart=/bin/sleep 1000\nExecReload=/bin/sleep 30\n")
+    u.daemon_reload()
+    u.systemctl("start", "c-reload.service")
+    u.systemctl("reload", "--no-block", "c-reload.service")
+    u.wait_for("c-reload.service", "reloading")
+    controller = ClientController(manager, stop_timeout_s=10, start_timeout_s=10)
+    report = controller.stop(["c-reload.service"])
+    assert report.stopped == ("c-reload.service",)
+    assert report.restart == ("c-reload.service",)
+    assert u.prop("c-reload.service", "MainPID") == "0"
+    assert controller.start(report.restart).started == ("c-reload.service",)
+    assert u.prop("c-reload.service", "ActiveState") == "active"
