@@ -77,6 +77,16 @@ hooks:
 """
 
 
+def missing_checkout_files() -> str | None:
+    """The demo installs THIS checkout's units and config/ files; an installed
+    package has no checkout beside it."""
+    for rel in ("config/config.yaml", "config/clients.yaml", "config/override.conf",
+                f"systemd/{SERVICE}", f"systemd/{TARGET}"):
+        if not (REPO / rel).is_file():
+            return f"{REPO / rel} not found: run the demo from a source checkout (make demo)"
+    return None
+
+
 class DemoNode:
     def __init__(self, base: Path, bus: str) -> None:
         self.base = base

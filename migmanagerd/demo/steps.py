@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from migmanagerd.demo.node import CLIENTS, SERVICE, SIM_LATENCY, SIM_NODE, TARGET, UNFIT_CONFIG, DemoNode
+from migmanagerd.demo.node import (
+    CLIENTS, SERVICE, SIM_LATENCY, SIM_NODE, TARGET, UNFIT_CONFIG, DemoNode, missing_checkout_files,
+)
 from migmanagerd.demo.usermanager import CGROUP_PREFIX, ManagerError, UserManager, missing_requirement
 
 CLI_TIMEOUT_S = 60.0
@@ -385,7 +387,7 @@ def _raise_interrupted(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
-    missing = missing_requirement()
+    missing = missing_requirement() or missing_checkout_files()
     if missing:
         print(f"migmanagerd demo: cannot run here: {missing}", file=sys.stderr)
         return 2

@@ -207,7 +207,7 @@ class UserManager:
         env = {**os.environ, **self.env}
         try:
             return subprocess.run(["systemctl", "--user", *args], env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
+        except subprocess.TimeoutExpired:
             raise ManagerError(f"systemctl --user {' '.join(args)} did not return within {timeout:.0f}s") from None
 
     def prop(self, unit: str, name: str) -> str:
