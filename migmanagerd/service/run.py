@@ -244,9 +244,11 @@ class ServiceRun:
         self.notify.status(f"planning config '{name}'")
         plan = engine.plan(config, mode_only=self.opts.mode_only)
         require_feasible(plan)  # exit 2, nothing touched
+        if not plan.mode_change_gpus and self.store.load().state.reboot_guard is not None:
+            # every MIG mode is right now (the reboot helped, or the operator
+            # fixed it): the guard has done its job, whatever else must change
+            clear_marker(self.store)
         if not plan.needs_change:
-            if self.store.load().state.reboot_guard is not None:
-                clear_marker(self.store)
             self._persist_selection(name)
             return RunOutcome(EXIT_OK, "ok", f"config '{name}' is already applied; nothing to do")
 
@@ -278,10 +280,12 @@ class ServiceRun:
             mode_report = engine.apply_mode(plan, skip_reset=self.opts.skip_reset)
             self.changed = True
             self.report["mode"] = [r.to_json() for r in mode_report.gpus]
-            if mode_report.exit_code != EXIT_OK:
-                raise MigManagerError(
-                    "MIG mode change failed: " + "; ".join(r.describe() for r in mode_report.gpus if not r.ok)
-                )
+            # a GPU waiting for a reboot (or for the reset it was told to skip)
+            # is not a failure: the guard below decides what happens to it
+            waiting = set(mode_report.reboot_required) | set(mode_report.reset_skipped)
+            failed = [r for r in mode_report.gpus if not r.ok and r.index not in waiting]
+            if failed:
+                raise MigManagerError("MIG mode change failed: " + "; ".join(r.describe() for r in failed))
             if mode_report.reboot_required:
                 decision = guard_reboot(self.store, name, mode_report.reboot_required, self.opts.allow_reboot)
                 if decision.action is RebootAction.REBOOT:
