@@ -6,7 +6,6 @@ Layout under ``<tmp>/node`` (``MIGMANAGERD_ROOT``), mirroring a real node::
     etc/systemd/system/nvidia-mig-manager.service.d/
         override.conf                                      the selector (config/override.conf: all-disabled)
         demo.conf                                          ExecStart at this checkout, sim backend, private bus
-    etc/systemd/system/nvidia-gpu-reset.target.wants/      what `systemctl enable` makes
     usr/lib/systemd/system/                                this checkout's units, and the GPU clients
     var/lib/nvidia-mig-manager/                            state.json (0700, as StateDirectoryMode)
     proc/sys/kernel/random/boot_id                         a fake boot id, renewed by the simulated reboot
@@ -122,8 +121,7 @@ class DemoNode:
     # --- building it ----------------------------------------------------------
 
     def build(self) -> None:
-        for d in (self.root, self.etc, self.dropin_dir, self.lib_units, self.boot_id_file.parent,
-                  self.etc_units / f"{TARGET}.wants"):
+        for d in (self.root, self.etc, self.dropin_dir, self.lib_units, self.boot_id_file.parent):
             d.mkdir(mode=0o755, parents=True, exist_ok=True)
         for d in [self.root, *self.root.rglob("*")]:
             if d.is_dir():
@@ -140,9 +138,6 @@ class DemoNode:
 
         for unit in (SERVICE, TARGET):
             self._write(self.lib_units / unit, (REPO / "systemd" / unit).read_text())
-        # `systemctl enable nvidia-mig-manager` (WantedBy=nvidia-gpu-reset.target):
-        # starting the target, as boot does, pulls the service in
-        (self.etc_units / f"{TARGET}.wants" / SERVICE).symlink_to(self.lib_units / SERVICE)
         for unit, head in _CLIENT_UNITS.items():
             self._write(self.lib_units / unit, head + _CLIENT_SERVICE)
         self.new_boot_id()

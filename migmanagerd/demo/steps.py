@@ -418,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
         out(f"  from this checkout, drop-in demo.conf (ExecStart={sys.executable} -m migmanagerd service)", INDENT)
         out(f"- GPU clients (/bin/sleep): {', '.join(CLIENTS)}", INDENT)
         demo.migmanagerd("sim", "init", "--node", SIM_NODE, "--latency", SIM_LATENCY, "--force")
+        # as the package's postinst does: at boot the target pulls the unit in
+        if demo.systemctl("enable", SERVICE).returncode != 0:
+            raise StepFailed(f"systemctl enable {SERVICE} failed")
+        out("(a user manager has no multi-user.target; what matters here is", INDENT * 2)
+        out(f" {TARGET}.wants/, through which boot starts the unit)", INDENT * 2)
         demo.step(1, "boot with all-disabled: nothing to do", demo.step1_all_disabled)
         demo.step(2, "select all-balanced and restart the unit", demo.step2_select_balanced)
         demo.step(3, "a simulated reboot re-applies the layout", demo.step3_reboot)

@@ -120,6 +120,9 @@ class UserManager:
             "DBUS_SESSION_BUS_ADDRESS": self.bus,
             "XDG_RUNTIME_DIR": str(self.run_dir),
             "XDG_CONFIG_HOME": str(self.cfg_dir),
+            # the manager's search path; systemctl reads it too (to tell
+            # whether a unit is enabled), so both see the node root's units
+            "SYSTEMD_UNIT_PATH": ":".join(str(p) for p in unit_path) + ":",
         }
         self._proc: subprocess.Popen | None = None
         self._seen: dict[int, str] = {}  # pid -> start time, for teardown
@@ -139,7 +142,6 @@ class UserManager:
             # no journald in the namespace: the manager logs to systemd.log
             "SYSTEMD_LOG_TARGET": "console",
         }
-        env["SYSTEMD_UNIT_PATH"] = ":".join(str(p) for p in self.unit_path) + ":"
         # the manager must not report to a systemd the demo itself may run under
         env.pop("NOTIFY_SOCKET", None)
         self._proc = subprocess.Popen(
