@@ -81,6 +81,8 @@ def test_demo_walks_every_step_and_cleans_up(tmp_path):
 
     # 2: progress seen, hooks ran, every client restarted with a new MainPID
     s2 = _section(out, 2)
+    holder = re.search(r"nvidia-dcgm.service \(pid (\d+)\) holds every GPU open", s2)
+    assert holder and f"[pids {holder.group(1)}]" in s2, diag
     assert '"resetting GPU(s) 0, 1, 2, 3, 4, 5, 6, 7' in s2, diag
     assert "hook apply-start: applying 'all-balanced'" in s2, diag
     assert "hook apply-exit: done with 'all-balanced'" in s2, diag

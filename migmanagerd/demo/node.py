@@ -50,7 +50,12 @@ _CLIENT_UNITS = {
         f"Wants={TARGET}\nAfter={TARGET}\n"
     ),
 }
-_CLIENT_SERVICE = "[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=default.target\n"
+_CLIENT_SERVICE = "[Service]\nExecStart=/bin/sleep infinity\n"
+_CLIENT_INSTALL = "[Install]\nWantedBy=default.target\n"
+# DCGM holds every GPU open while it runs: the stand-in records its PID on
+# each simulated GPU (migmanagerd/demo/attach.py), so a reset under it would
+# fail with IN_USE and migmanagerd finds it as a GPU holder.
+GPU_HOLDER = "nvidia-dcgm.service"
 
 # 3 x 3g.20gb needs 12 of an A100-40GB's 8 memory slices: it cannot fit.
 UNFIT_CONFIG = "demo-3x3g.20gb"
@@ -139,7 +144,13 @@ class DemoNode:
         for unit in (SERVICE, TARGET):
             self._write(self.lib_units / unit, (REPO / "systemd" / unit).read_text())
         for unit, head in _CLIENT_UNITS.items():
-            self._write(self.lib_units / unit, head + _CLIENT_SERVICE)
+            service = _CLIENT_SERVICE
+            if unit == GPU_HOLDER:
+                service += (
+                    f'Environment="PYTHONPATH={REPO}" "MIGMANAGERD_SIM_STATE={self.sim_state}"\n'
+                    f"ExecStartPost={sys.executable} -m migmanagerd.demo.attach $MAINPID\n"
+                )
+            self._write(self.lib_units / unit, head + service + _CLIENT_INSTALL)
         self.new_boot_id()
 
     def demo_dropin(self) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from migmanagerd.demo.node import (
-    CLIENTS, SERVICE, SIM_LATENCY, SIM_NODE, TARGET, UNFIT_CONFIG, DemoNode, missing_checkout_files,
+    CLIENTS, GPU_HOLDER, SERVICE, SIM_LATENCY, SIM_NODE, TARGET, UNFIT_CONFIG, DemoNode, missing_checkout_files,
 )
 from migmanagerd.demo.usermanager import CGROUP_PREFIX, ManagerError, UserManager, missing_requirement
 
@@ -183,6 +183,12 @@ class Demo:
             for g in view["gpus"]
         )
 
+    def holders(self) -> set[int]:
+        """The PIDs holding GPUs; a set of one when one process holds them all."""
+        view = json.loads(self.migmanagerd("sim", "show", "--json", show=False).stdout)
+        per_gpu = [frozenset(g["processes"]) for g in view["gpus"]]
+        return set(per_gpu[0]) if len(set(per_gpu)) == 1 else {-1}
+
     def mig_off(self) -> bool:
         view = json.loads(self.migmanagerd("sim", "show", "--json", show=False).stdout)
         return all(not g["mig_enabled"] and not g["mig_pending"] and not g["instances"] for g in view["gpus"])
@@ -238,6 +244,11 @@ class Demo:
         out((self.node.dropin_dir / "override.conf").read_text().rstrip("\n"), INDENT * 2)
         before = self.client_pids()
         self.show_pids("before", before)
+        out(f"{GPU_HOLDER} (pid {before[GPU_HOLDER]}) holds every GPU open, as DCGM does: a GPU", INDENT)
+        out("reset under it would fail (IN_USE), so migmanagerd must stop it first:", INDENT)
+        self.sim_table()
+        if self.holders() != {before[GPU_HOLDER]}:
+            raise StepFailed(f"expected {GPU_HOLDER} (pid {before[GPU_HOLDER]}) on every GPU, found {self.holders()}")
         off = self.node.log_size(self.node.service_log)
         hooks_off = self.node.log_size(self.node.hooks_log)
         rc, seen = self.run_unit("restart", SERVICE)
@@ -258,6 +269,8 @@ class Demo:
             raise StepFailed(f"clients not restarted (same MainPID): {', '.join(changed)}")
         if not any(s.startswith("stopping") for s in seen) or not any("restarting" in s for s in seen):
             raise StepFailed(f"progress not seen in StatusText: {seen}")
+        if self.holders() != {after[GPU_HOLDER]}:
+            raise StepFailed(f"the restarted {GPU_HOLDER} (pid {after[GPU_HOLDER]}) does not hold the GPUs: {self.holders()}")
         if len(hook_lines) != 2:
             raise StepFailed(f"expected the apply-start and apply-exit hook lines, got {hook_lines}")
         pids = ", ".join(f"{u.split('.')[0]} {before[u]}->{after[u]}" for u in CLIENTS)
