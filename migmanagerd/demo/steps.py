@@ -22,7 +22,7 @@ from pathlib import Path
 from migmanagerd.demo.node import (
     CLIENTS, GPU_HOLDER, SERVICE, SIM_LATENCY, SIM_NODE, TARGET, UNFIT_CONFIG, DemoNode, missing_checkout_files,
 )
-from migmanagerd.demo.usermanager import CGROUP_PREFIX, ManagerError, UserManager, missing_requirement
+from migmanagerd.demo.usermanager import CGROUP_PREFIX, ManagerError, clean_environ, UserManager, missing_requirement
 
 CLI_TIMEOUT_S = 60.0
 UNIT_TIMEOUT_S = 90.0  # one start/restart of the unit (the sim applies in seconds)
@@ -54,7 +54,7 @@ class Demo:
 
     @property
     def cli_env(self) -> dict[str, str]:
-        return {**os.environ, **self.mgr.env, **self.node.env}
+        return {**clean_environ(), **self.mgr.env, **self.node.env}
 
     def migmanagerd(self, *argv: str, show: bool = True, expect: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
         """Run this checkout's ``migmanagerd ARGV`` against the demo node, echoing it."""
@@ -96,7 +96,7 @@ class Demo:
         # the text the previous run left; progress starts when it changes
         initial = self.mgr.prop(SERVICE, "StatusText")
         moved = False
-        proc = subprocess.Popen(argv, env={**os.environ, **self.mgr.env}, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(argv, env={**clean_environ(), **self.mgr.env}, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + UNIT_TIMEOUT_S
         try:

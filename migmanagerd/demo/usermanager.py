@@ -86,6 +86,14 @@ def _dbus_service(log: Path) -> str:
     )
 
 
+def clean_environ() -> dict[str, str]:
+    """The demo's environment without the caller's migmanagerd settings
+    (MIG_PARTED_*, MIGMANAGERD_*): a user manager passes its environment on to
+    its units, and the demo's node must not pick up, say, the caller's
+    MIG_PARTED_CONFIG_FILE."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MIG_PARTED_", "MIGMANAGERD_"))}
+
+
 def missing_requirement() -> str | None:
     """What this machine lacks to run the demo, or None."""
     if os.geteuid() != 0:
@@ -137,7 +145,7 @@ class UserManager:
         (self.user_unit_dir / "dbus.service").write_text(_dbus_service(self.root / "dbus.log"))
         (wants / "dbus.socket").symlink_to(self.user_unit_dir / "dbus.socket")
         env = {
-            **os.environ, **self.env, "T": str(self.root), "SYSTEMD": str(SYSTEMD_BINARY),
+            **clean_environ(), **self.env, "T": str(self.root), "SYSTEMD": str(SYSTEMD_BINARY),
             "CGROUP": self.root.name,
             # no journald in the namespace: the manager logs to systemd.log
             "SYSTEMD_LOG_TARGET": "console",
@@ -206,7 +214,7 @@ class UserManager:
 
     def systemctl(self, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
         """``systemctl --user ARGS`` against this manager (never raises on exit status)."""
-        env = {**os.environ, **self.env}
+        env = {**clean_environ(), **self.env}
         try:
             return subprocess.run(["systemctl", "--user", *args], env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
