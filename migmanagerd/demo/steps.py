@@ -430,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         out(f"- node root (MIGMANAGERD_ROOT) {node.root}: config/ files, {SERVICE} and {TARGET}", INDENT)
         out(f"  from this checkout, drop-in demo.conf (ExecStart={sys.executable} -m migmanagerd service)", INDENT)
         out(f"- GPU clients (/bin/sleep): {', '.join(CLIENTS)}", INDENT)
+        out("Commands are shown as an operator types them on a node; `systemctl` runs as", INDENT)
+        out("`systemctl --user` against the private manager.", INDENT)
         demo.migmanagerd("sim", "init", "--node", SIM_NODE, "--latency", SIM_LATENCY, "--force")
         # as the package's postinst does: at boot the target pulls the unit in
         if demo.systemctl("enable", SERVICE).returncode != 0:
