@@ -359,3 +359,33 @@ def test_a_reloading_unit_is_stopped_and_restarted(systemd_user, manager):
     assert u.prop("c-reload.service", "MainPID") == "0"
     assert controller.start(report.restart).started == ("c-reload.service",)
     assert u.prop("c-reload.service", "ActiveState") == "active"
+
+
+class ScriptedManager:
+    """Stands in for a manager whose bus fails in ways a real one will not on
+    demand: the target's state cannot be read, and one start job breaks."""
+
+    def __init__(self):
+        self.calls = []
+
+    def unit(self, name):
+        from migmanagerd.clients.systemd import BusUnavailable
+
+        raise BusUnavailable("cannot load unit nvidia-gpu-reset.target: the D-Bus connection to X closed")
+
+    def enqueue_start(self, name):
+        from migmanagerd.clients.systemd import UnitMasked
+
+        self.calls.append(name)
+        if name == "b.service":
+            raise UnitMasked(name)
+        return "/org/freedesktop/systemd1/job/1"
+
+
+def test_unreadable_target_state_queues_every_start_and_reports_failures():
+    mgr = ScriptedManager()
+    report = ClientController(mgr).start(["a.service", "b.service", "c.service"])
+    assert mgr.calls == ["a.service", "b.service", "c.service"]
+    assert report.enqueued == ("a.service", "c.service")
+    assert [u for u, _ in report.failed] == ["b.service"]
+    assert "masked" in report.failed[0][1]

@@ -170,7 +170,11 @@ class ClientController:
 
     def _gate(self) -> str:
         """Why every start must only be queued now, or "" when none need be."""
-        target = self._manager.unit(self.gpu_reset_target)
+        try:
+            target = self._manager.unit(self.gpu_reset_target)
+        except SystemdError as exc:
+            log.warning("cannot read %s (%s); queuing every start", self.gpu_reset_target, exc)
+            return f"state of {self.gpu_reset_target} unknown"
         if target.load_state == "not-found":
             # No such target on this node: nothing can wait on it.
             log.debug("%s is not installed; starting clients and waiting for them", self.gpu_reset_target)
