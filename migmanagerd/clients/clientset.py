@@ -30,7 +30,6 @@ from migmanagerd.spec.source import (
     load_yaml_file,
     load_yaml_text,
     require_int,
-    require_map,
     require_seq,
     require_str,
 )
