@@ -148,3 +148,24 @@ def test_holder_in_a_scope_is_refused_even_with_discover_stop():
     holder = GpuHolder(0, 5, "bash", "session-3.scope")
     with pytest.raises(GpuBusy, match=r"PID 5 'bash' \(unit session-3.scope\).*End these processes"):
         check_holders([holder], [], "stop")
+
+
+class NoBus:
+    def __init__(self):
+        self.calls = 0
+
+    def unit_by_pid(self, pid):
+        from migmanagerd.clients.systemd import BusUnavailable
+
+        self.calls += 1
+        raise BusUnavailable("cannot look up the unit of PID 1: systemd is not on the D-Bus bus at X")
+
+
+def test_without_systemd_holders_are_still_found_and_refused():
+    backend = ListsDeadPids([os.getpid()])
+    bus = NoBus()
+    holders = find_gpu_holders(backend, bus, [0, 1])
+    assert [(h.gpu_index, h.unit) for h in holders] == [(0, None), (1, None)]
+    assert bus.calls == 1  # asked once, not once per process
+    with pytest.raises(GpuBusy, match=f"PID {os.getpid()}"):
+        check_holders(holders, [], "stop")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from migmanagerd.clients.clientset import DISCOVER_MODES
-from migmanagerd.clients.systemd import SystemdManager
+from migmanagerd.clients.systemd import SystemdError, SystemdManager
 from migmanagerd.errors import MigManagerError
 from migmanagerd.gpu.backend import Backend
 from migmanagerd.log import get_logger
@@ -62,7 +62,8 @@ def find_gpu_holders(
     """Processes holding the given GPUs, each with its command line and unit.
 
     Processes that exit while we look are left out: they hold nothing. Without
-    a ``manager`` (no systemd) units are unknown (None).
+    a ``manager``, or when systemd cannot be asked, units are unknown (None),
+    and ``check_holders`` refuses such holders by PID and command line.
     """
     holders: list[GpuHolder] = []
     seen: set[tuple[int, int]] = set()
@@ -76,7 +77,15 @@ def find_gpu_holders(
             if cmdline is None:
                 log.debug("GPU %d: PID %d exited while listing GPU processes", index, proc.pid)
                 continue
-            unit = manager.unit_by_pid(proc.pid) if manager is not None else None
+            unit = None
+            if manager is not None:
+                try:
+                    unit = manager.unit_by_pid(proc.pid)
+                except SystemdError as exc:
+                    # Without systemd the holder cannot be stopped through
+                    # it anyway; it is then refused by PID and command line.
+                    log.warning("GPU %d: cannot look up the unit of PID %d: %s", index, proc.pid, exc)
+                    manager = None
             holders.append(GpuHolder(gpu_index=index, pid=proc.pid, cmdline=cmdline, unit=unit))
     return holders
 
