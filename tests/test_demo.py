@@ -40,11 +40,23 @@ def _run_demo(logs: Path) -> tuple[subprocess.CompletedProcess, float]:
     env = {**os.environ, "MIGMANAGERD_DEMO_KEEP_LOGS": str(logs)}
     env.pop("MIG_PARTED_SELECTED_CONFIG", None)
     t0 = time.monotonic()
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "migmanagerd.demo"], cwd=REPO, env=env,
-        capture_output=True, text=True, timeout=DEMO_TIMEOUT_S,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    return proc, time.monotonic() - t0
+    try:
+        stdout, stderr = proc.communicate(timeout=DEMO_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        # SIGTERM, not SIGKILL: the demo then stops its user manager and
+        # removes its scratch directory before it exits
+        proc.terminate()
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        pytest.fail(f"the demo did not finish within {DEMO_TIMEOUT_S}s:\n{stdout[-8000:]}\n{stderr[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), time.monotonic() - t0
 
 
 def _section(text: str, n: int) -> str:
@@ -136,8 +148,12 @@ def test_ctrl_c_tears_everything_down(tmp_path):
         rest, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.terminate()  # lets the demo tear down; kill only if it hangs
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     out = "".join(lines) + rest
     assert proc.returncode == 130, out
     assert "interrupted (Ctrl-C); cleaning up" in out, out
