@@ -285,7 +285,7 @@ def expected_message(case: Case) -> str:
     return ""
 
 
-def check_after(env: Env, config: str, monkeypatch) -> None:
+def check_after(env: Env, config: str, monkeypatch):
     """The common aftermath of every case."""
     # state.json parses (a run killed before its first write leaves none),
     # and says which clients the next run owes a start
@@ -306,6 +306,7 @@ def check_after(env: Env, config: str, monkeypatch) -> None:
     doc = json.loads(env.node.state_file.read_text())
     assert doc["journal"] is None
     assert doc["last_run"]["result"] == "ok"
+    return out
 
 
 @pytest.mark.parametrize("case", FAULT_CASES, ids=lambda c: c.id)
@@ -344,10 +345,59 @@ def test_kill(case: Case, node_env: Env, snapshots, monkeypatch) -> None:
     _, kill = inject(env, case, None)
     proc = run_service_child(config, kill)
     assert proc.returncode == -signal.SIGKILL, f"exit {proc.returncode}, not killed: {proc.stderr[-2000:]}"
-    check_after(env, config, monkeypatch)
+    kind, _, what = case.step.partition(":")
+    layout_done = kind == "start" or case.step == "hook:apply-exit"
+    if layout_done:
+        # killed after the GPUs were done: nothing but the owed restarts is left
+        assert env.node.holds(config)
+    out = check_after(env, config, monkeypatch)
+    if layout_done:
+        assert out.message.endswith("nothing to do"), out.message
 
 
 def test_matrix_size_is_documented() -> None:
     doc = (REPO / "docs" / "fault-matrix.md").read_text()
     line = f"{len(FAULT_CASES)} fault cases, {len(KILL_CASES)} kill cases"
     assert line in doc, f"docs/fault-matrix.md must say: {line}"
+
+
+def test_second_run_waits_for_the_first_and_leaves_its_clients_alone(node_env: Env, snapshots, monkeypatch) -> None:
+    """A `migmanagerd service` run by hand while the unit's run is half-way
+    must not take the first run's journal as its own: it would start the
+    clients again in the middle of the first run's GPU change."""
+    import time
+
+    from migmanagerd.service import run as service_run
+
+    env = node_env
+    _, config = SCENARIOS["enable"]
+    env.prepare("enable")
+    go = env.flags / "go"
+    hooks = {h: [{"command": "/bin/sh", "args": ["-c", f"echo {h} >> {env.hooks_log}"]}] for h in HOOKS}
+    # the first run holds at pre-apply-config (bounded: 30 s) until the test says go
+    hooks["pre-apply-config"][0]["args"][1] += f"; i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done"
+    env.node.write_hooks(hooks)
+    first = subprocess.Popen(
+        service_argv(), env={**os.environ, "MIG_PARTED_SELECTED_CONFIG": config},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while "pre-apply-config" not in env.hooks_run() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert "pre-apply-config" in env.hooks_run(), "the first run never reached pre-apply-config"
+        owed = json.loads(env.node.state_file.read_text())["journal"]["stopped_units"]
+        assert set(owed) == set(CLIENTS)
+
+        monkeypatch.setattr(service_run, "RUN_LOCK_WAIT_S", 0.5)
+        out = run_service(config, monkeypatch)
+        assert out.exit_code == 1 and "another migmanagerd run" in out.message, out.message
+        assert all(not env.active(c) for c in CLIENTS)  # still stopped: the first run owns them
+        assert json.loads(env.node.state_file.read_text())["journal"]["stopped_units"] == owed
+    finally:
+        go.touch()
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err[-2000:]
+    assert env.node.holds(config)
+    for c in CLIENTS:
+        assert env.wait_active(c)

@@ -35,6 +35,10 @@ from migmanagerd.service.state import LastRun, StateStore, utc_now
 
 log = get_logger("service")
 
+RUN_LOCK_NAME = "run.lock"
+# How long a run waits for another one to finish before it gives up (exit 1).
+RUN_LOCK_WAIT_S = 300.0
+
 
 @dataclass(frozen=True)
 class ServiceOptions:
@@ -128,6 +132,57 @@ class ServiceRun:
     # --- the run -------------------------------------------------------------
 
     def run(self) -> RunOutcome:
+        """One run, under the run lock: a second run (a `migmanagerd service`
+        by hand while the unit runs) would read this run's journal and start
+        its clients again in the middle of its GPU change."""
+        try:
+            lock = self._run_lock()
+        except MigManagerError as exc:
+            log.error("%s", exc)
+            self.notify.status(f"failed: {exc}")
+            return RunOutcome(exc.exit_code, "failed", str(exc))
+        try:
+            return self._run()
+        finally:
+            os.close(lock)
+
+    def _run_lock(self) -> int:
+        """flock(2) on ``<state dir>/run.lock``, waited for at most
+        RUN_LOCK_WAIT_S; the kernel drops it when its holder dies, so a
+        killed run never blocks the next one."""
+        import fcntl
+
+        try:
+            self.store.ensure_dir()
+            path = self.paths.state_dir / RUN_LOCK_NAME
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise MigManagerError(f"{self.paths.state_dir}: cannot create the run lock: {exc.strerror}") from None
+        deadline = time.monotonic() + RUN_LOCK_WAIT_S
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise MigManagerError(
+                    f"another migmanagerd run (pid {holder}) still holds {path} after {RUN_LOCK_WAIT_S:g}s; "
+                    "nothing was changed"
+                )
+            if not told:
+                told = True
+                self.notify.status(f"waiting for another migmanagerd run (pid {holder}) to finish")
+                self.notify.extend_timeout(RUN_LOCK_WAIT_S + 30)
+            time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _run(self) -> RunOutcome:
         started = utc_now()
         t0 = time.monotonic()
         loaded = self.store.load()
@@ -176,6 +231,8 @@ class ServiceRun:
         if engine is not None:
             try:
                 self._integrations(engine, name, outcome, time.monotonic() - t0, self.report, self.changed)
+            except Exception as exc:  # they report on the run; they must not change its result
+                log.warning("integrations failed: %s", exc)
             finally:
                 engine.backend.close()
         self.systemd.close()
