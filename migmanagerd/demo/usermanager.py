@@ -161,6 +161,9 @@ class UserManager:
             # its own session: a Ctrl-C in the terminal reaches only the demo,
             # which then tears the manager down in order
             start_new_session=True,
+            # and should the demo be SIGKILLed, the manager still gets SIGTERM
+            # (kept across exec) and stops its units
+            preexec_fn=_die_with_parent,
         )
         self._remember(self._proc.pid)
         self._wait_ready()
@@ -254,6 +257,17 @@ class UserManager:
         started = _start_time(pid)
         if started:
             self._seen.setdefault(pid, started)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the demo process dies."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # best effort: the normal teardown does not depend on it
 
 
 def _ping_systemd(address: str) -> str:
