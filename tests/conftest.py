@@ -76,3 +76,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "systemd_user" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.systemd)
+
+
+@pytest.fixture(autouse=True)
+def _throwaway_node_root(tmp_path_factory, monkeypatch) -> None:
+    """Every test runs against a throwaway node root, so nothing it runs can
+    write this machine's /etc/nvidia-mig-manager, the unit's drop-in or
+    /var/lib/nvidia-mig-manager. A test that wants its own root sets
+    MIGMANAGERD_ROOT itself, which overrides this."""
+    root = tmp_path_factory.mktemp("node-root")
+    root.chmod(0o755)
+    monkeypatch.setenv("MIGMANAGERD_ROOT", str(root))
