@@ -114,6 +114,7 @@ d=$(dirname "$0")
 if [ "$1" = start ] && [ -e "$d/$2.fail-start" ]; then echo "injected start failure" >&2; exit 1; fi
 if [ "$1" = stop ] && [ -e "$d/$2.kill-service" ]; then kill -9 "$(cat "$d/service.pid")"; fi
 if [ "$1" = stop ] && [ -e "$d/$2.fail-stop" ]; then echo "injected ExecStop failure" >&2; exit 1; fi
+if [ "$1" = stop ] && [ -e "$d/$2.slow-stop" ]; then sleep 3; fi
 exit 0
 """
 

@@ -80,6 +80,9 @@ def _cases() -> list[Case]:
     for u in CLIENTS:
         steps.append(("enable", f"stop:{u}"))
         steps.append(("enable", f"start:{u}"))
+    # the stops before a config change (no mode change) are their own phase
+    steps.append(("relayout", f"stop:{MONITOR}"))
+    steps.append(("relayout", f"start:{DCGM}"))
     steps.append(("relayout", f"execstop:{DCGM}"))
     # backend operations: the first and a later occurrence of each kind
     for op in ("set_mode:1", "set_mode:2", "reset:1", "create_gi:1", "create_gi:6", "create_ci:1", "create_ci:8"):
@@ -295,7 +298,7 @@ def check_after(env: Env, config: str, monkeypatch):
         assert c in owed or env.wait_active(c), f"{c} is neither active nor journaled: {doc.get('journal')}"
     # the next, fault-free run converges and brings every client back
     for f in env.flags.iterdir():
-        if f.name.endswith((".fail-start", ".fail-stop", ".kill-service")):
+        if f.name.endswith((".fail-start", ".fail-stop", ".slow-stop", ".kill-service")):
             f.unlink()
     env.write_hooks()
     out = run_service(config, monkeypatch)
@@ -401,3 +404,22 @@ def test_second_run_waits_for_the_first_and_leaves_its_clients_alone(node_env: E
     assert env.node.holds(config)
     for c in CLIENTS:
         assert env.wait_active(c)
+
+
+def test_clients_file_stop_timeout_is_honoured(node_env: Env, snapshots, monkeypatch) -> None:
+    """clients.yaml's stop-timeout bounds each stop job (the service used to
+    wait its built-in 90 s whatever the file said)."""
+    env = node_env
+    _, config = SCENARIOS["enable"]
+    env.prepare("enable")
+    clients_yaml = env.node.etc / "clients.yaml"
+    original = clients_yaml.read_text()
+    env.node.write_etc("clients.yaml", original.replace("discover: refuse\n", "discover: refuse\nstop-timeout: 1\n"))
+    try:
+        (env.flags / f"{MONITOR}.slow-stop").touch()
+        out = run_service(config, monkeypatch)
+    finally:
+        env.node.write_etc("clients.yaml", original)
+    assert out.exit_code == 1
+    assert f"cannot stop GPU client {MONITOR}: unit {MONITOR}: stop job did not finish within 1s" in out.message
+    check_after(env, config, monkeypatch)
