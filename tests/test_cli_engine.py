@@ -289,3 +289,16 @@ def test_generated_config_for_every_catalog_model_passes_validate(capsys, tmp_pa
     assert len(entries) == len(with_ids) < len(catalog().models)
     assert all(e.device_filters for e in entries)
     assert "has no known PCI device id" in err
+
+
+def test_identical_gpus_that_do_not_fit_share_one_reason(tmp_path, monkeypatch, capsys):
+    backend = sim_node(tmp_path, "3xA100-SXM4-40GB")
+    monkeypatch.setenv("MIGMANAGERD_SIM_STATE", str(backend.state_path))
+    monkeypatch.setenv("MIGMANAGERD_BACKEND", "sim")
+    f = tmp_path / "c.yaml"
+    f.write_text('version: v1\nmig-configs:\n  big:\n    - devices: all\n      mig-enabled: true\n'
+                 '      mig-devices:\n        "3g.20gb": 3\n')
+    code, _, err = run(capsys, "apply", "-f", str(f), "-c", "big")
+    assert code == 2
+    assert "GPUs 0, 1, 2 (A100-SXM4-40GB): 3g.20gb x3 requested" in err
+    assert err.count("allows at most 2") == 1

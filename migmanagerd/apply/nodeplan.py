@@ -101,7 +101,15 @@ def require_feasible(plan: NodePlan) -> None:
     """Raise a usage error (exit 2, nothing touched) naming every GPU that cannot take the config."""
     if plan.feasible:
         return
-    reasons = "; ".join(plan.errors)
+    # Eight identical GPUs fail for one reason: say it once, naming them all.
+    by_reason: dict[tuple[str, str], list[int]] = {}
+    for g in plan.gpus:
+        if isinstance(g.result, Infeasible):
+            by_reason.setdefault((g.model, g.result.reason), []).append(g.index)
+    reasons = "; ".join(
+        f"{'GPU' if len(idx) == 1 else 'GPUs'} {', '.join(map(str, idx))} ({model}): {reason}"
+        for (model, reason), idx in by_reason.items()
+    )
     raise UsageError(f"config '{plan.config}' does not fit this node: {reasons}")
 
 
