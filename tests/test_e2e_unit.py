@@ -285,3 +285,21 @@ def test_unit_killed_mid_run_next_start_restores_clients(systemd_user, tmp_path)
     assert node.holds("all-balanced")
     box.client_pids()
     assert node.state()["journal"] is None
+
+
+def test_bad_hook_timeout_env_is_the_service_usage_error_only(tmp_path) -> None:
+    """The unit's Environment= may set MIGMANAGERD_HOOK_TIMEOUT; a bad value
+    is a usage error of `service` (exit 2, naming it), not a traceback from
+    every command."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MIGMANAGERD_HOOK_TIMEOUT": "ten", "PYTHONPATH": str(REPO), "MIGMANAGERD_ROOT": str(tmp_path)}
+    run = lambda *argv: subprocess.run([sys.executable, "-m", "migmanagerd", *argv], env=env, capture_output=True, text=True, timeout=WAIT_S)  # noqa: E731
+    svc = run("service")
+    assert svc.returncode == 2
+    assert "'ten' is not a number of seconds" in svc.stderr and "Traceback" not in svc.stderr
+    other = run("select", "--help")
+    assert other.returncode == 0 and "Traceback" not in other.stderr
+    assert run("service", "--hook-timeout", "0").returncode == 2

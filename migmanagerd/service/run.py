@@ -2,22 +2,29 @@
 
 The order of a run (issue: "the boot-time service"):
 
+0. take the run lock (``<state dir>/run.lock``): one run at a time, so no
+   run mistakes another live run's journal for a crashed one's;
 1. read state.json; units a crashed earlier run left stopped are owed a restart;
 2. resolve the selection (-c > MIG_PARTED_SELECTED_CONFIG > state.json), load
    and trust-check config, hooks and clients files;
 3. plan against the real node; a config that does not fit stops here (exit 2)
-   and nothing is touched but the restart of owed units;
-4. if the node already matches: done, no hook runs, no client is stopped;
-5. otherwise ``apply-start``; refuse (or stop) unlisted GPU holders; for a
-   mode change ``pre-apply-mode``, stop the mode clients, set the mode, reset
-   (or reboot once, guarded); ``pre-apply-config``, stop the geometry clients,
-   apply the geometry; then — always — restart every stopped client and run
-   ``apply-exit``;
-6. record the run in state.json, persist the selection if asked, run the
-   integrations.
+   and nothing is touched but the restart of owed units; when every MIG mode
+   is right, an armed reboot guard is cleared;
+4. if the node already matches: done, no hook runs, no client is stopped
+   (owed units are still started);
+5. otherwise refuse (or stop) unlisted GPU holders and drain SLURM, then
+   ``apply-start``; for a mode change ``pre-apply-mode``, stop the mode
+   clients, set the mode, reset (or reboot once, guarded); ``pre-apply-config``,
+   stop the geometry clients, apply the geometry; then — always, once
+   ``apply-start`` has begun, failure or not — restart every stopped client
+   and run ``apply-exit`` (a reboot in flight leaves the clients to the boot);
+6. record the run in state.json (per-GPU results too when it failed), persist
+   the selection if asked, run the integrations.
 
-Every client stop is journaled before it happens, so a run killed at any point
-leaves the next run a list of what to start again.
+Every client stop is journaled before its stop job is queued, so a run killed
+at any point leaves the next run a list of what to start again. Exit codes:
+0 applied / nothing to do / reboot requested, 1 failed, 2 bad input or a
+config that does not fit (nothing changed).
 """
 
 from __future__ import annotations
