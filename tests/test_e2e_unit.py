@@ -191,7 +191,9 @@ def test_reboot_reapplies_the_persisted_selection(systemd_user, tmp_path) -> Non
 
 
 def test_mode_change_without_reset_requests_exactly_one_reboot(systemd_user, tmp_path) -> None:
-    box = Box(systemd_user, tmp_path, no_reset=True)
+    hooks_log = tmp_path / "hooks"
+    record = [{"command": "/bin/sh", "args": ["-c", f"echo pre-apply-mode >> {hooks_log}"]}]
+    box = Box(systemd_user, tmp_path, no_reset=True, hooks={"pre-apply-mode": record})
     node = box.node
     marker = box.install_fake_reboot()
     node.cli("select", "all-balanced")
@@ -213,11 +215,16 @@ def test_mode_change_without_reset_requests_exactly_one_reboot(systemd_user, tmp
     # let a second request be seen if one came
     systemd_user.systemctl("stop", "reboot.target")
 
-    # 2nd run in the same boot (the reboot did not happen yet): no second request
+    # 2nd run in the same boot (the reboot did not happen yet): no second
+    # request, no hook, no stop; the clients the 1st run left are started again
     assert box.run_unit("restart") == 0, box.diag()
     assert "not requesting another" in box.prop("StatusText")
     assert reboots() == 1
-    box.client_pids()  # it gave the clients back meanwhile
+    assert hooks_log.read_text().split() == ["pre-apply-mode"]
+    pids = box.client_pids()
+    assert node.state()["journal"] is None
+    assert box.run_unit("restart") == 0, box.diag()
+    assert box.client_pids() == pids and reboots() == 1
 
     # a new boot, but the mode is still not applied: fail, do not reboot again
     node.new_boot()

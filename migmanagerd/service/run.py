@@ -316,6 +316,10 @@ class ServiceRun:
             self._persist_selection(name)
             return RunOutcome(EXIT_OK, "ok", f"config '{name}' is already applied; nothing to do")
 
+        waiting = self._reboot_pending(engine, name, plan)
+        if waiting is not None:
+            return waiting
+
         touched = sorted(set(plan.mode_change_gpus) | set(plan.geometry_change_gpus))
         runner = HookRunner(hooks, self._hook_env(name, touched), timeout_s=self.opts.hook_timeout_s)
         listed_mode = clients.units_for("mode") if clients else ()
@@ -334,6 +338,26 @@ class ServiceRun:
             raise
         finally:
             self._after_change(runner, failure)
+
+    def _reboot_pending(self, engine, name: str, plan) -> RunOutcome | None:
+        """This boot already requested the reboot these mode changes need:
+        say so and touch nothing (no hook, no client stop), or None."""
+        from migmanagerd.service.reboot_guard import RebootAction, decide_reboot
+
+        marker = self.store.load().state.reboot_guard
+        gpus = plan.mode_change_gpus
+        if marker is None or not gpus:
+            return None
+        # only when nothing is left to do before that reboot: every mode is
+        # already pending as wanted and no GPU could be reset instead
+        if any(plan.gpu(i).mode_pending != plan.gpu(i).mode_target for i in gpus):
+            return None
+        if any(engine.backend.reset_available(i) for i in gpus):
+            return None
+        decision = decide_reboot(marker, self.paths.read_boot_id(), name, gpus, self.opts.allow_reboot)
+        if decision.action is not RebootAction.WAIT:
+            return None
+        return RunOutcome(EXIT_OK, "reboot-required", decision.message)
 
     def _change(self, engine, name, config, plan, listed_mode, listed_config, extra, runner) -> RunOutcome:
         from migmanagerd.service.reboot_guard import RebootAction, clear_marker, guard_reboot
