@@ -67,12 +67,13 @@ class RunOutcome:
     message: str
 
 
-class _Combined(MigManagerError):
-    """A run that failed, and whose owed client restarts failed too."""
-
-    def __init__(self, first: Exception, then: MigManagerError) -> None:
-        self.exit_code = getattr(first, "exit_code", EXIT_FAILED)
-        super().__init__(f"{first}; then: {then}")
+def _then(first: BaseException | None, later: list[MigManagerError]) -> MigManagerError:
+    """One error for a failure and the cleanup failures after it, in the
+    order they happened, with the exit code of the first."""
+    causes: list[BaseException] = ([first] if first is not None else []) + list(later)
+    error = MigManagerError("; then: ".join(str(c) for c in causes))
+    error.exit_code = getattr(causes[0], "exit_code", EXIT_FAILED)
+    return error
 
 
 class LazySystemd:
@@ -222,10 +223,7 @@ class ServiceRun:
             try:
                 self._restart_clients()
             except MigManagerError as exc:
-                if failure is None:
-                    failure = exc
-                else:
-                    failure = _Combined(failure, exc)
+                failure = _then(failure, [exc])
             except Exception as exc:
                 failure = failure or exc
         if isinstance(failure, MigManagerError):
@@ -416,8 +414,8 @@ class ServiceRun:
 
     def _after_change(self, runner, failure: BaseException | None) -> None:
         """Restart the clients, then run apply-exit, both whatever happened
-        before; a failure of either is raised after both were tried, unless
-        the change itself already failed (that error is the one reported)."""
+        before; their failures are raised after both were tried, after the
+        change's own failure when there was one (``…; then: …``)."""
         errors: list[MigManagerError] = []
         try:
             self._restart_clients()
@@ -435,9 +433,7 @@ class ServiceRun:
             for exc in errors:
                 log.error("%s (after: %s)", exc, failure)
             return  # the unexpected error goes on up
-        # the change failed and so did its cleanup: report both, first what failed first
-        causes = ([str(failure)] if failure is not None else []) + [str(e) for e in errors]
-        raise MigManagerError("; then: ".join(causes)) from failure
+        raise _then(failure, errors) from failure
 
     # --- clients -------------------------------------------------------------
 
