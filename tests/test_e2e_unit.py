@@ -122,9 +122,10 @@ def test_start_applies_restart_is_noop_select_switches(systemd_user, tmp_path) -
     after = box.client_pids()
     assert all(after[c] != before[c] for c in CLIENTS), (before, after)  # each was stopped and started again
     # progress was visible while it ran, and the outcome after
-    seen = progress.read_text().splitlines()
-    assert seen[0] == "applying config 'all-balanced' to GPU(s) 0, 1"
-    assert len(seen) == 2 and seen[1] != seen[0], seen
+    assert progress.read_text().splitlines() == [
+        "applying config 'all-balanced' to GPU(s) 0, 1",  # at apply-start
+        "resetting GPU(s) 0, 1 to activate the MIG mode change",  # at pre-apply-config
+    ]
     assert box.prop("StatusText") == "config 'all-balanced' applied"
     state = node.state()
     assert state["last_run"]["result"] == "ok" and state["journal"] is None
