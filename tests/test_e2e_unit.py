@@ -10,7 +10,6 @@ would: `systemctl show` properties, `migmanagerd sim show --json`, state.json.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from e2e_support import REPO, SERVICE, TARGET, WAIT_S, Node, client_unit, service_argv

@@ -34,7 +34,6 @@ import pytest
 from e2e_support import (
     KILL_ENV,
     PIDFILE_ENV,
-    PYTHON,
     REPO,
     TARGET,
     WAIT_S,

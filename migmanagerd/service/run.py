@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from migmanagerd.errors import EXIT_FAILED, EXIT_OK, MigManagerError, UsageError
+from migmanagerd.errors import EXIT_FAILED, EXIT_OK, MigManagerError
 from migmanagerd.log import get_logger
 from migmanagerd.service.paths import NodePaths
 from migmanagerd.service.state import LastRun, StateStore, utc_now
