@@ -94,6 +94,8 @@ def _cases() -> list[Case]:
     # failed rollback (GPU 0's undo cannot destroy what it created)
     cases.append(Case("relayout", "op:create_gi@1:2", "fail"))
     cases.append(Case("relayout", "op:create_gi@0:2,destroy_ci@0:3", "fail"))
+    # the disk refuses the journal write before the 2nd client stop (ENOSPC)
+    cases.append(Case("enable", "journal:2", "fail"))
     return cases
 
 
@@ -249,7 +251,21 @@ def inject(env: Env, case: Case, monkeypatch) -> tuple[str, str]:
         return "", f"{case.step}:1"  # stop:UNIT:1 / start:UNIT:1
     from migmanagerd.clients.systemd import JobFailed, SystemdError, SystemdManager
 
-    if kind == "stop":
+    if kind == "journal":
+        import errno
+
+        from migmanagerd.service.state import StateStore
+
+        real_record, calls = StateStore.record_stopped, []
+
+        def record_stopped(self, units):
+            calls.append(units)
+            if len(calls) == int(what):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+            return real_record(self, units)
+
+        monkeypatch.setattr(StateStore, "record_stopped", record_stopped)
+    elif kind == "stop":
         real_stop = SystemdManager.stop
 
         def stop(self, name, timeout_s):
@@ -280,6 +296,8 @@ def expected_message(case: Case) -> str:
         return rf"hook {re.escape(what)}\[0\] \(/bin/sh\) failed with exit status 1"
     if kind == "op":
         return "SIM_FAULT_INJECTED"
+    if kind == "journal":
+        return "unexpected error: OSError: .*No space left on device"
     if kind == "stop":
         return rf"cannot stop GPU client {re.escape(what)}"
     if kind == "start":
