@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from migmanagerd.demo.processes import alive, ping_systemd, remove_cgroups, start_time, terminate
 
 SYSTEMD_BINARY = Path("/lib/systemd/systemd")
 START_TIMEOUT_S = 30.0
@@ -59,7 +60,6 @@ mkdir -p /run/systemd/system
 # No journald in the namespace: the manager logs to systemd.log.
 exec "$SYSTEMD" --user --log-target=console --log-level="$LOG_LEVEL" >"$T/systemd.log" 2>&1
 """
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 # The user bus, as the manager runs it: a socket on $XDG_RUNTIME_DIR/bus that
 # activates dbus-daemon. The manager recognises these two by name and joins
@@ -208,11 +208,11 @@ class SystemdUserManager:
             if last in ("running", "degraded"):
                 # The first call socket-activates dbus.service; the manager
                 # joins the bus once that runs.
-                last = _ping_systemd(self.env["DBUS_SESSION_BUS_ADDRESS"])
+                last = ping_systemd(self.env["DBUS_SESSION_BUS_ADDRESS"])
                 if not last:
                     pid = self.prop("dbus.service", "MainPID")
                     self.dbus_pid = int(pid) if pid.isdigit() else 0
-                    self._dbus_started = _start_time(self.dbus_pid)
+                    self._dbus_started = start_time(self.dbus_pid)
                     return
             time.sleep(0.05)
         raise HarnessError(f"systemd --user not ready after {START_TIMEOUT_S}s (last answer: {last!r}) {self._log_tail()}")
@@ -229,116 +229,20 @@ class SystemdUserManager:
         make sure the bus daemon is gone, by PID; remove the temp root."""
         if self._proc is not None:
             if self._proc.poll() is None:
-                _terminate(self._proc.pid, lambda: self._proc.poll() is not None)
+                terminate(self._proc.pid, lambda: self._proc.poll() is not None)
             if self._proc.stderr:
                 self._proc.stderr.close()
         # The manager normally stopped the bus already; kill a leftover only
         # if the PID is still that process (same start time), not a reuse.
-        if self.dbus_pid and self._dbus_started and _start_time(self.dbus_pid) == self._dbus_started:
-            _terminate(self.dbus_pid, lambda: not _alive(self.dbus_pid))
-        _remove_cgroups(self.root.name)
+        if self.dbus_pid and self._dbus_started and start_time(self.dbus_pid) == self._dbus_started:
+            terminate(self.dbus_pid, lambda: not alive(self.dbus_pid))
+        remove_cgroups(self.root.name, "migmanagerd-systemd-")
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _ping_systemd(address: str) -> str:
-    """"" when systemd answers on the bus at ``address``, else why not."""
-    from gi.repository import Gio, GLib
-
-    try:
-        con = Gio.DBusConnection.new_for_address_sync(
-            address,
-            Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION,
-            None,
-            None,
-        )
-    except GLib.Error as exc:
-        return exc.message
-    try:
-        con.call_sync(
-            "org.freedesktop.systemd1",
-            "/org/freedesktop/systemd1",
-            "org.freedesktop.DBus.Peer",
-            "Ping",
-            None,
-            None,
-            Gio.DBusCallFlags.NO_AUTO_START,
-            2000,
-            None,
-        )
-        return ""
-    except GLib.Error as exc:
-        return exc.message
-    finally:
-        con.close_sync(None)
 
 
-def _remove_cgroups(name: str) -> None:
-    """Kill what is left in this session's cgroups (by the PIDs listed there:
-    only processes the session's manager started), then remove the cgroups,
-    deepest first, in every hierarchy."""
-    if not name.startswith("migmanagerd-systemd-"):
-        return  # never touch a cgroup this harness did not name
-    trees = [h / name for h in CGROUP_ROOT.iterdir() if (h / name).is_dir()] if CGROUP_ROOT.is_dir() else []
-    if (CGROUP_ROOT / name).is_dir():
-        trees.append(CGROUP_ROOT / name)
-    for _ in range(2):
-        pids = set()
-        for tree in trees:
-            for procs in tree.rglob("cgroup.procs"):
-                try:
-                    pids.update(int(p) for p in procs.read_text().split())
-                except (OSError, ValueError):
-                    pass
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if not pids:
-            break
-        time.sleep(0.2)
-    for tree in trees:
-        dirs = sorted((d for d in tree.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts))
-        for d in [*dirs, tree]:
-            try:
-                d.rmdir()
-            except OSError:
-                pass
 
-
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks (/proc/PID/stat field 22)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie child of ours still answers kill(0); it is gone for our purpose.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return False
-
-
-def _terminate(pid: int, gone, grace_s: float = 10.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            if gone():
-                return
-            time.sleep(0.05)
 
 
 class UnitSandbox:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from migmanagerd.demo.usermanager import CGROUP_ROOT, missing_requirement
+from migmanagerd.demo.processes import CGROUP_ROOT
+from migmanagerd.demo.usermanager import missing_requirement
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TIMEOUT_S = 240  # the demo takes ~15 s here; docs/demo.md promises < 2 min

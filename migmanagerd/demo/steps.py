@@ -343,7 +343,7 @@ class Demo:
         return f"all-1g.5gb applied without a mode change or reset ({done})"
 
     def step5_unfit(self) -> str:
-        out(f"A config that cannot fit an A100-40GB is added to config.yaml:", INDENT)
+        out("A config that cannot fit an A100-40GB is added to config.yaml:", INDENT)
         out(self.node.append_unfit_config(), INDENT * 2)
         out("`select` checks the fit first and refuses it:", INDENT)
         self.migmanagerd("select", UNFIT_CONFIG, expect=(2,))

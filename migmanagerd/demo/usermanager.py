@@ -38,8 +38,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from migmanagerd.demo.processes import alive, cgroup_dirs, ping_systemd, remove_cgroups, start_time, terminate
+
 SYSTEMD_BINARY = Path("/lib/systemd/systemd")
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PREFIX = "migmanagerd-demo-"  # the only cgroups teardown ever removes
 START_TIMEOUT_S = 30.0
 COMMAND_TIMEOUT_S = 30.0
@@ -182,7 +183,7 @@ class UserManager:
             if last in ("running", "degraded"):
                 # the first call socket-activated dbus.service; wait until the
                 # manager answers on that bus (what migmanagerd will use)
-                last = _ping_systemd(self.bus)
+                last = ping_systemd(self.bus)
                 if not last:
                     self.remember_unit("dbus.service")
                     return
@@ -201,16 +202,15 @@ class UserManager:
         anything recorded that is still the same process; never by name.
         Returns what is still left (empty when everything is gone)."""
         if self._proc is not None and self._proc.poll() is None:
-            _terminate(self._proc.pid, lambda: self._proc.poll() is not None)
+            terminate(self._proc.pid, lambda: self._proc.poll() is not None)
         for pid, started in list(self._seen.items()):
             if self._proc is not None and pid == self._proc.pid:
                 continue
-            if _start_time(pid) == started:
-                _terminate(pid, lambda pid=pid, started=started: _start_time(pid) != started or not _alive(pid))
-        _remove_cgroups(self.root.name)
-        left = [f"pid {pid}" for pid, started in self._seen.items() if _start_time(pid) == started and _alive(pid)]
-        if CGROUP_ROOT.is_dir():
-            left += [str(h / self.root.name) for h in [CGROUP_ROOT, *CGROUP_ROOT.iterdir()] if (h / self.root.name).is_dir()]
+            if start_time(pid) == started:
+                terminate(pid, lambda pid=pid, started=started: start_time(pid) != started or not alive(pid))
+        remove_cgroups(self.root.name, CGROUP_PREFIX)
+        left = [f"pid {pid}" for pid, started in self._seen.items() if start_time(pid) == started and alive(pid)]
+        left += [str(d) for d in cgroup_dirs(self.root.name)]
         return left
 
     # --- commands -----------------------------------------------------------
@@ -254,7 +254,7 @@ class UserManager:
         return seen
 
     def _remember(self, pid: int) -> None:
-        started = _start_time(pid)
+        started = start_time(pid)
         if started:
             self._seen.setdefault(pid, started)
 
@@ -270,88 +270,5 @@ def _die_with_parent() -> None:
         pass  # best effort: the normal teardown does not depend on it
 
 
-def _ping_systemd(address: str) -> str:
-    """"" when systemd answers on the bus at ``address``, else why not."""
-    from gi.repository import Gio, GLib
-
-    try:
-        con = Gio.DBusConnection.new_for_address_sync(
-            address,
-            Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION,
-            None,
-            None,
-        )
-    except GLib.Error as exc:
-        return exc.message
-    try:
-        con.call_sync(
-            "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.DBus.Peer", "Ping",
-            None, None, Gio.DBusCallFlags.NO_AUTO_START, 2000, None,
-        )
-        return ""
-    except GLib.Error as exc:
-        return exc.message
-    finally:
-        con.close_sync(None)
 
 
-def _remove_cgroups(name: str) -> None:
-    """Kill what is left in the demo's own cgroups (only processes its manager
-    started are there), then remove them, deepest first, in every hierarchy."""
-    if not name.startswith(CGROUP_PREFIX) or not CGROUP_ROOT.is_dir():
-        return  # never touch a cgroup the demo did not name
-    trees = [h / name for h in CGROUP_ROOT.iterdir() if (h / name).is_dir()]
-    if (CGROUP_ROOT / name).is_dir():
-        trees.append(CGROUP_ROOT / name)
-    for _ in range(3):
-        pids: set[int] = set()
-        for tree in trees:
-            for procs in tree.rglob("cgroup.procs"):
-                try:
-                    pids.update(int(p) for p in procs.read_text().split())
-                except (OSError, ValueError):
-                    pass
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if not pids:
-            break
-        time.sleep(0.2)
-    for tree in trees:
-        for d in sorted((d for d in tree.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)) + [tree]:
-            try:
-                d.rmdir()
-            except OSError:
-                pass
-
-
-def _start_time(pid: int) -> str:
-    """The process's start time (/proc/PID/stat field 22); "" if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _terminate(pid: int, gone, grace_s: float = 10.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            if gone():
-                return
-            time.sleep(0.05)
