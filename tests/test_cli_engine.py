@@ -60,9 +60,10 @@ def test_mode_only_flags(node, capsys):
 
 
 def test_skip_reset_leaves_the_mode_pending(node, capsys):
+    # as nvidia-mig-parted: the requested change is done, the reset is the operator's
     code, out, _ = run(capsys, "apply", "-f", CFG, "-c", "all-enabled", "--skip-reset")
-    assert code == 1
-    assert "GPU 0: mode-pending" in out
+    assert code == 0
+    assert "GPU 0: mode-pending" in out and "--skip-reset" in out
     assert "reset" not in ops(node)
 
 
@@ -263,7 +264,7 @@ def test_apply_with_an_injected_fault_says_which_gpu_was_rolled_back(node, capsy
     code, out, _ = run(capsys, "apply", "-f", CFG, "-c", "all-disabled", "--json")
     assert code == 1
     doc = json.loads(out)
-    assert set(doc) == {"config", "exit_code", "gpus"} and doc["exit_code"] == 1
+    assert set(doc) >= {"config", "exit_code", "gpus"} and doc["exit_code"] == 1
     by_index = {g["index"]: g for g in doc["gpus"]}
     assert set(by_index[1]) == {"index", "status", "operations", "error", "rollback_error", "kept_uuids"}
     assert [by_index[i]["status"] for i in (0, 1, 2)] == ["applied", "rolled-back", "applied"]

@@ -20,6 +20,9 @@ class Quiet:
     def status(self, text: str) -> None:
         pass
 
+    def failed(self, text: str) -> None:
+        pass
+
     def extend_timeout(self, seconds: float) -> None:
         pass
 

@@ -1,8 +1,8 @@
-"""``migmanagerd apply``: make the node match the selected config (MIG mode, then MIG devices).
+"""``migmanagerd apply``: converge the node to a config by hand.
 
-nvidia-mig-parted compatible flags and environment. Hooks (``-k``) are
-accepted here and run by the service wrapper; ``run_apply`` is the one place
-the engine is called, so the service can wrap it.
+The same run as the boot-time service (hooks, GPU clients, journal, run lock,
+state.json), so an `apply` from Ansible is as safe as a boot. With
+``-c NAME`` a successful apply also makes NAME the boot-time selection.
 """
 
 from __future__ import annotations
@@ -10,76 +10,45 @@ from __future__ import annotations
 import argparse
 import json
 
-from migmanagerd.apply.report import ApplyReport
-from migmanagerd.cli.common import add_backend, add_config_file, add_debug, add_hooks_file, add_selected_config
-from migmanagerd.cli.selection import Fallback, env_flag, load_selection, open_engine
-from migmanagerd.log import get_logger
-
-log = get_logger("apply")
-
-
-def add_mode_only(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument(
-        "-m", "--mode-only", action="store_true", default=env_flag("MIG_PARTED_MODE_CHANGE_ONLY"),
-        help=f"only {what} the MIG mode, not the MIG devices (env MIG_PARTED_MODE_CHANGE_ONLY)",
-    )
+from migmanagerd.apply.report import GpuResult
+from migmanagerd.cli.cmd_service import add_run_options, options_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "apply",
-        help="apply the selected MIG config to this node",
-        description="Apply the selected MIG config: switch MIG mode where needed (GPU reset), then create and "
-        "destroy only the MIG devices that differ. Exit 0 applied, 1 failed (per-GPU result printed), "
-        "2 bad config or the config does not fit (nothing changed).",
+        help="apply the selected MIG config to this node (hooks and GPU clients included)",
+        description="Apply the selected MIG config: if the node differs, run the hooks, stop the GPU clients "
+        "listed in clients.yaml, switch MIG mode where needed (GPU reset), create and destroy only the MIG "
+        "devices that differ, restart the clients. With -c NAME, a successful apply makes NAME the config "
+        "every boot applies. Exit 0 applied, 1 failed (per-GPU result printed), 2 bad config or the config "
+        "does not fit (nothing changed).",
     )
-    add_config_file(p)
-    add_selected_config(p)
-    add_hooks_file(p)
-    add_mode_only(p, "apply")
-    p.add_argument(
-        "-s", "--skip-reset", action="store_true", default=env_flag("MIG_PARTED_SKIP_RESET"),
-        help="do not reset GPUs after a MIG mode change; the change stays pending (env MIG_PARTED_SKIP_RESET)",
-    )
-    p.add_argument("--json", action="store_true", help="print the per-GPU report as JSON")
-    add_backend(p)
-    add_debug(p)
+    add_run_options(p)
+    p.add_argument("--json", action="store_true", help="print the run's result and per-GPU results as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_apply(args)
+    from migmanagerd.service.run import ServiceRun, gpu_results
 
-
-def run_apply(args: argparse.Namespace, *, notify=None, fallback: Fallback | None = None, **phase_hooks) -> int:
-    report = apply_selected(args, notify=notify, fallback=fallback, **phase_hooks)
-    print_report(report, as_json=getattr(args, "json", False))
-    return report.exit_code
-
-
-def apply_selected(
-    args: argparse.Namespace, *, notify=None, fallback: Fallback | None = None, before_mode=None, before_geometry=None
-) -> ApplyReport:
-    """Select the config (flags/env/fallback), open the backend and apply; the report, unprinted.
-
-    ``before_mode``/``before_geometry`` are passed to ``ApplyEngine.apply``
-    (where the pre-apply-mode / pre-apply-config hooks belong)."""
-    _, config = load_selection(args, fallback=fallback)
-    engine = open_engine(args, notify=notify)
-    try:
-        return engine.apply(
-            config, mode_only=args.mode_only, skip_reset=args.skip_reset,
-            before_mode=before_mode, before_geometry=before_geometry,
-        )
-    finally:
-        engine.backend.close()
-
-
-def print_report(report: ApplyReport, *, as_json: bool = False) -> None:
-    if as_json:
-        print(json.dumps(report.to_json(), indent=2))
-        return
-    for result in report.gpus:
+    service = ServiceRun(options_from_args(args, persist_selection=args.selected_config is not None))
+    outcome = service.run()
+    gpus = gpu_results(service.report)
+    if args.json:
+        doc = {
+            "config": service.config_name,
+            "exit_code": outcome.exit_code,
+            "result": outcome.result,
+            "message": outcome.message,
+            "gpus": gpus,
+        }
+        print(json.dumps(doc, indent=2))
+        return outcome.exit_code
+    for g in gpus:
+        result = GpuResult(**{**g, "kept_uuids": tuple(g.get("kept_uuids", ()))})
         if result.status != "unchanged" or result.error:
             print(result.describe())
-    print(report.summary())
+    if outcome.exit_code == 0:
+        print(outcome.message)
+    return outcome.exit_code

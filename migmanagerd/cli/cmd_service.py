@@ -5,8 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 
-from migmanagerd.cli.common import add_backend, add_config_file, add_debug, add_hooks_file, add_selected_config
-from migmanagerd.cli.selection import env_flag
+from migmanagerd.cli.common import (
+    add_backend,
+    add_config_file,
+    add_debug,
+    env_flag,
+    add_hooks_file,
+    add_mode_only,
+    add_selected_config,
+)
+
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -14,10 +22,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     add_config_file(p)
     add_selected_config(p)
     add_hooks_file(p)
-    p.add_argument(
-        "-m", "--mode-only", action="store_true", default=env_flag("MIG_PARTED_MODE_CHANGE_ONLY"),
-        help="only apply the MIG mode, not the MIG devices (env MIG_PARTED_MODE_CHANGE_ONLY)",
-    )
+    add_mode_only(p, "apply")
     p.add_argument(
         "-s", "--skip-reset", action="store_true", default=env_flag("MIG_PARTED_SKIP_RESET"),
         help="do not reset GPUs after a MIG mode change; it stays pending (env MIG_PARTED_SKIP_RESET)",

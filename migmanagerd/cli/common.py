@@ -10,13 +10,14 @@ DEFAULT_HOOKS_FILE = "/etc/nvidia-mig-manager/hooks.yaml"
 DEFAULT_CLIENTS_FILE = "/etc/nvidia-mig-manager/clients.yaml"
 
 
-def _env_true(name: str) -> bool:
+def env_flag(name: str) -> bool:
+    """A boolean environment variable as nvidia-mig-parted reads them."""
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def add_debug(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "-d", "--debug", action="store_true", default=_env_true("MIG_PARTED_DEBUG"),
+        "-d", "--debug", action="store_true", default=env_flag("MIG_PARTED_DEBUG"),
         help="more log output (env MIG_PARTED_DEBUG)",
     )
 
@@ -58,3 +59,10 @@ def add_selected_config(p: argparse.ArgumentParser, *, required: bool = False) -
 
 def env_selected_config() -> str | None:
     return os.environ.get("MIG_PARTED_SELECTED_CONFIG") or None
+
+
+def add_mode_only(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "-m", "--mode-only", action="store_true", default=env_flag("MIG_PARTED_MODE_CHANGE_ONLY"),
+        help=f"only {what} the MIG mode, not the MIG devices (env MIG_PARTED_MODE_CHANGE_ONLY)",
+    )

@@ -56,12 +56,6 @@ def load_selection(args, *, fallback: Fallback | None = None) -> tuple[ConfigFil
     return config_file, pick_config(config_file, name)
 
 
-def env_flag(name: str) -> bool:
-    """A boolean environment variable as nvidia-mig-parted reads them."""
-    import os
-
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
 
 def open_engine(args, notify=None):
     """The backend named by ``--backend``/``MIGMANAGERD_BACKEND`` and an engine over it."""

@@ -48,6 +48,12 @@ class Notifier:
         log.info("%s", line)
         self._send(f"STATUS={line}")
 
+    def failed(self, text: str) -> None:
+        """A run's failure: logged once at error priority, shown as the unit's Status:."""
+        line = " ".join(text.split())
+        log.error("%s", line)
+        self._send(f"STATUS=failed: {line}")
+
     def extend_timeout(self, seconds: float) -> None:
         """Ask for ``seconds`` more from now before systemd's start timeout."""
         usec = max(1, int(seconds * 1_000_000))

@@ -113,6 +113,30 @@ def _default_notifier():
     return Notifier.from_env()
 
 
+def gpu_results(report: dict) -> list[dict]:
+    """One result per GPU from a run's mode and geometry phases, by index.
+
+    A GPU whose mode changed is "unchanged" in the geometry phase when it has
+    no MIG devices to make (MIG turned off, or --mode-only): its mode result
+    is the one that says what happened. Operation counts of both phases add up.
+    """
+    merged: dict[int, dict] = {}
+    for phase in ("mode", "gpus"):
+        for g in report.get(phase, []):
+            old = merged.get(g["index"])
+            if old is None:
+                merged[g["index"]] = dict(g)
+                continue
+            ops = dict(old.get("operations", {}))
+            for kind, n in g.get("operations", {}).items():
+                ops[kind] = ops.get(kind, 0) + n
+            new = dict(g) if g["status"] != "unchanged" else dict(old)
+            new["operations"] = ops
+            new["error"] = g.get("error") or old.get("error")
+            merged[g["index"]] = new
+    return [merged[i] for i in sorted(merged)]
+
+
 class ServiceRun:
     def __init__(
         self,
@@ -133,6 +157,7 @@ class ServiceRun:
         self.clients_stopped = 0
         self.rebooting = False  # a reboot was requested: leave the clients to the next boot
         self.report: dict = {}  # per-GPU results ("mode", "gpus"), kept when the run fails too
+        self.config_name: str | None = None  # the selection this run resolved, once it has
         self.changed = False  # some GPU was written
         self._clients = None  # clients.yaml, once loaded (its stop/start timeouts)
         self._restart_tried = False
@@ -146,8 +171,7 @@ class ServiceRun:
         try:
             lock = self._run_lock()
         except MigManagerError as exc:
-            log.error("%s", exc)
-            self.notify.status(f"failed: {exc}")
+            self.notify.failed(str(exc))
             return RunOutcome(exc.exit_code, "failed", str(exc))
         try:
             return self._run()
@@ -212,6 +236,7 @@ class ServiceRun:
         failure: Exception | None = None
         try:
             name, config, hooks, clients, integrations = self._load_inputs(state.selected_config)
+            self.config_name = name
             self._clients = clients
             engine = self._engine()
             outcome = self._converge(engine, name, config, hooks, clients, integrations)
@@ -242,8 +267,7 @@ class ServiceRun:
                 engine.backend.close()
         self.systemd.close()
         if outcome.exit_code != EXIT_OK:
-            log.error("%s", outcome.message)
-            self.notify.status(f"failed: {outcome.message}")
+            self.notify.failed(outcome.message)
         else:
             self.notify.status(outcome.message)  # also logs it
         return outcome
@@ -566,9 +590,7 @@ class ServiceRun:
                 log.warning("selection written, but systemd was not reloaded: %s", exc)
 
     def _record(self, name: str, started: str, outcome: RunOutcome, report_json: dict) -> None:
-        # a GPU whose mode change failed has no geometry result: its mode result stands
-        gpus = {str(g["index"]): g for g in report_json.get("mode", []) if "index" in g}
-        gpus.update({str(g["index"]): g for g in report_json.get("gpus", []) if "index" in g})
+        gpus = {str(g["index"]): g for g in gpu_results(report_json)}
         last = LastRun(
             config=name, started_at=started, finished_at=utc_now(), result=outcome.result,
             exit_code=outcome.exit_code, gpus=gpus, message=outcome.message,

@@ -1,0 +1,90 @@
+"""`migmanagerd apply` is the boot-time run by hand: hooks, state.json, the selection persisted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from migmanagerd.cli.main import main
+from migmanagerd.gpu.sim import init_node
+from migmanagerd.service.paths import NodePaths
+from migmanagerd.service.run import gpu_results
+from migmanagerd.service.selector import read_selector
+from migmanagerd.service.state import StateStore
+
+VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "mig-parted"
+
+
+def _node(tmp_path, monkeypatch) -> tuple[NodePaths, Path]:
+    root = tmp_path / "root"
+    etc = root / "etc" / "nvidia-mig-manager"
+    etc.mkdir(parents=True)
+    for d in (root, root / "etc", etc):
+        d.chmod(0o755)
+    (etc / "config.yaml").write_text((VECTORS / "examples-config.yaml").read_text())
+    trail = tmp_path / "hooks.log"
+    hooks = "version: v1\nhooks:\n" + "".join(
+        f"  {h}:\n  - command: /bin/sh\n    args: [-c, 'echo {h} $MIG_PARTED_SELECTED_CONFIG $MIGMANAGERD_GPUS >> {trail}']\n"
+        for h in ("apply-start", "pre-apply-mode", "pre-apply-config", "apply-exit")
+    )
+    (etc / "hooks.yaml").write_text(hooks)
+    state = tmp_path / "sim.json"
+    init_node(state, "2xA100-SXM4-40GB")
+    monkeypatch.setenv("MIGMANAGERD_ROOT", str(root))
+    monkeypatch.setenv("MIGMANAGERD_BACKEND", "sim")
+    monkeypatch.setenv("MIGMANAGERD_SIM_STATE", str(state))
+    for var in ("MIG_PARTED_SELECTED_CONFIG", "MIG_PARTED_CONFIG_FILE", "MIG_PARTED_HOOKS_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    return NodePaths.from_env(), trail
+
+
+def test_apply_runs_the_hooks_and_persists_the_selection(tmp_path, monkeypatch, capsys):
+    paths, trail = _node(tmp_path, monkeypatch)
+    assert main(["apply", "-c", "all-balanced"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU 0: applied" in out and "GPU 1: applied" in out
+    assert trail.read_text().splitlines() == [
+        "apply-start all-balanced 0,1",
+        "pre-apply-mode all-balanced 0,1",
+        "pre-apply-config all-balanced 0,1",
+        "apply-exit all-balanced 0,1",
+    ]
+    # the next boot applies it again: the drop-in names it, state.json records it
+    assert read_selector(paths.dropin).selected_config == "all-balanced"
+    assert StateStore(paths).load().state.last_run.result == "ok"
+
+    trail.unlink()
+    assert main(["apply"]) == 0  # no -c: the selection recorded by the last run
+    assert "already applied" in capsys.readouterr().out
+    assert not trail.exists(), "no hook runs when nothing must change"
+
+
+def test_apply_without_c_does_not_touch_the_selection(tmp_path, monkeypatch, capsys):
+    paths, _ = _node(tmp_path, monkeypatch)
+    monkeypatch.setenv("MIG_PARTED_SELECTED_CONFIG", "all-1g.5gb")
+    assert main(["apply"]) == 0
+    assert not paths.dropin.exists()
+
+
+def test_apply_json_has_the_run_result_and_per_gpu_results(tmp_path, monkeypatch, capsys):
+    _node(tmp_path, monkeypatch)
+    assert main(["apply", "-c", "all-3g.20gb", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {"config", "exit_code", "result", "message", "gpus"} <= set(doc)
+    assert doc["config"] == "all-3g.20gb" and doc["result"] == "ok"
+    assert [g["status"] for g in doc["gpus"]] == ["applied", "applied"]
+    assert doc["gpus"][0]["operations"]["set_mode"] == 1
+    assert doc["gpus"][0]["operations"]["create_gi"] == 2
+
+
+def test_a_mode_result_is_not_hidden_by_an_unchanged_geometry_result():
+    report = {
+        "mode": [{"index": 0, "status": "applied", "operations": {"set_mode": 1}, "error": None}],
+        "gpus": [
+            {"index": 0, "status": "unchanged", "operations": {}, "error": None},
+            {"index": 1, "status": "applied", "operations": {"create_gi": 2}, "error": None},
+        ],
+    }
+    merged = gpu_results(report)
+    assert [(g["index"], g["status"]) for g in merged] == [(0, "applied"), (1, "applied")]
+    assert merged[0]["operations"] == {"set_mode": 1}
