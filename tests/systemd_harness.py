@@ -28,38 +28,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from migmanagerd.demo.processes import alive, ping_systemd, remove_cgroups, start_time, terminate
+from migmanagerd.demo.processes import BOOT_SCRIPT, alive, ping_systemd, remove_cgroups, start_time, terminate
 
 SYSTEMD_BINARY = Path("/lib/systemd/systemd")
 START_TIMEOUT_S = 30.0
 COMMAND_TIMEOUT_S = 30.0
 
-# Runs inside `unshare --mount`. `exec` keeps the manager's PID equal to the
-# PID of the process we started, so we can tear it down by that PID.
-#
-# The manager takes the cgroup it starts in as its root and creates app.slice/
-# UNIT.service below it. Started from a process in the machine's /init.scope,
-# every concurrent test session's manager would share one /app.slice, and
-# stopping dbus.service (or any same-named unit) in one session would kill the
-# others' processes. So the shell first moves itself into a cgroup of its own,
-# NAME/init.scope (NAME: the session's temp dir), in each hierarchy that
-# exists; the manager strips "/init.scope" and takes NAME as its root, as a
-# real user manager in user@UID.service/init.scope does.
-# Arguments: $1 temp root, $2 systemd binary, $3 cgroup name, $4 log level
-# (arguments, not environment, so they do not leak into every unit).
-_BOOT_SCRIPT = r"""
-set -e
-T=$1 SYSTEMD=$2 CGROUP=$3 LOG_LEVEL=$4
-for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
-  if [ -w "$h/cgroup.procs" ]; then
-    mkdir -p "$h/$CGROUP/init.scope" && echo $$ >"$h/$CGROUP/init.scope/cgroup.procs"
-  fi
-done
-mount -t tmpfs tmpfs /run
-mkdir -p /run/systemd/system
-# No journald in the namespace: the manager logs to systemd.log.
-exec "$SYSTEMD" --user --log-target=console --log-level="$LOG_LEVEL" >"$T/systemd.log" 2>&1
-"""
 
 # The user bus, as the manager runs it: a socket on $XDG_RUNTIME_DIR/bus that
 # activates dbus-daemon. The manager recognises these two by name and joins
@@ -176,7 +150,7 @@ class SystemdUserManager:
         proc = subprocess.Popen(
             [
                 "unshare", "--mount", "--propagation", "private",
-                "bash", "-c", _BOOT_SCRIPT, "bash", str(root), str(SYSTEMD_BINARY), root.name, log_level,
+                "bash", "-c", BOOT_SCRIPT, "bash", str(root), str(SYSTEMD_BINARY), root.name, log_level,
             ],
             env=boot_env,
             stdin=subprocess.DEVNULL,

@@ -14,6 +14,31 @@ from typing import Callable
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
+# Runs inside `unshare --mount` as `bash -c BOOT_SCRIPT bash ROOT SYSTEMD CGROUP
+# LOG_LEVEL`; `exec` keeps the manager's PID = the child's PID. Arguments, not
+# environment, so they do not leak into every unit.
+#
+# The manager takes the cgroup it starts in as its root and puts each unit in
+# app.slice/UNIT.service below it. Started from the machine's /init.scope,
+# every user manager on the machine (a test session's, a demo's) would share
+# one /app.slice, and stopping dbus.service in one would kill the others' bus
+# daemons. So the shell first moves itself into CGROUP/init.scope in each
+# writable hierarchy; the manager strips "/init.scope" and takes CGROUP as its
+# root, as a real user manager in user@UID.service/init.scope does.
+BOOT_SCRIPT = r"""
+set -e
+T=$1 SYSTEMD=$2 CGROUP=$3 LOG_LEVEL=$4
+for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
+  if [ -w "$h/cgroup.procs" ]; then
+    mkdir -p "$h/$CGROUP/init.scope" && echo $$ >"$h/$CGROUP/init.scope/cgroup.procs"
+  fi
+done
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/system
+# No journald in the namespace: the manager logs to systemd.log.
+exec "$SYSTEMD" --user --log-target=console --log-level="$LOG_LEVEL" >"$T/systemd.log" 2>&1
+"""
+
 
 def start_time(pid: int) -> str:
     """The process's start time in clock ticks (/proc/PID/stat field 22); "" if

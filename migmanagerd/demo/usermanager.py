@@ -25,8 +25,8 @@ Every wait is bounded. Teardown is by PID only, never by name: the manager
 (the PID we started; ``exec`` keeps it), then anything it left behind among
 the PIDs recorded while it ran (the bus daemon, the clients' ``/bin/sleep``),
 each checked against its start time so a reused PID is never signalled, then
-the PIDs still listed in the demo's own cgroups (see _BOOT_SCRIPT), which are
-removed.
+the PIDs still listed in the demo's own cgroups (see processes.BOOT_SCRIPT),
+which are removed.
 """
 
 from __future__ import annotations
@@ -38,34 +38,20 @@ import subprocess
 import time
 from pathlib import Path
 
-from migmanagerd.demo.processes import alive, cgroup_dirs, ping_systemd, remove_cgroups, start_time, terminate
+from migmanagerd.demo.processes import (
+    BOOT_SCRIPT,
+    alive,
+    cgroup_dirs,
+    ping_systemd,
+    remove_cgroups,
+    start_time,
+    terminate,
+)
 
 SYSTEMD_BINARY = Path("/lib/systemd/systemd")
 CGROUP_PREFIX = "migmanagerd-demo-"  # the only cgroups teardown ever removes
 START_TIMEOUT_S = 30.0
 COMMAND_TIMEOUT_S = 30.0
-
-# Runs inside `unshare --mount`; `exec` keeps the manager's PID = our child's PID.
-#
-# The manager takes the cgroup it starts in as its root and puts each unit in
-# app.slice/UNIT.service below it. Started from the machine's /init.scope,
-# every user manager on the machine (a test session's, another demo's) would
-# share one /app.slice, and stopping dbus.service in one would kill the
-# others' bus daemons (tests/systemd_harness.py found this). So the shell first
-# moves itself into NAME/init.scope (NAME: the demo's temp dir name) in each
-# writable hierarchy; the manager strips "/init.scope" and takes NAME as its
-# root, as a real user manager in user@UID.service/init.scope does.
-_BOOT_SCRIPT = r"""
-set -e
-for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
-  if [ -w "$h/cgroup.procs" ]; then
-    mkdir -p "$h/$CGROUP/init.scope" && echo $$ >"$h/$CGROUP/init.scope/cgroup.procs"
-  fi
-done
-mount -t tmpfs tmpfs /run
-mkdir -p /run/systemd/system
-exec "$SYSTEMD" --user >"$T/systemd.log" 2>&1
-"""
 
 _DBUS_SOCKET = """\
 [Unit]
@@ -145,16 +131,14 @@ class UserManager:
         (self.user_unit_dir / "dbus.socket").write_text(_DBUS_SOCKET)
         (self.user_unit_dir / "dbus.service").write_text(_dbus_service(self.root / "dbus.log"))
         (wants / "dbus.socket").symlink_to(self.user_unit_dir / "dbus.socket")
-        env = {
-            **clean_environ(), **self.env, "T": str(self.root), "SYSTEMD": str(SYSTEMD_BINARY),
-            "CGROUP": self.root.name,
-            # no journald in the namespace: the manager logs to systemd.log
-            "SYSTEMD_LOG_TARGET": "console",
-        }
+        env = {**clean_environ(), **self.env}
         # the manager must not report to a systemd the demo itself may run under
         env.pop("NOTIFY_SOCKET", None)
         self._proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "bash", "-c", _BOOT_SCRIPT],
+            [
+                "unshare", "--mount", "--propagation", "private",
+                "bash", "-c", BOOT_SCRIPT, "bash", str(self.root), str(SYSTEMD_BINARY), self.root.name, "info",
+            ],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
