@@ -6,36 +6,21 @@ import json
 from pathlib import Path
 
 from migmanagerd.cli.main import main
-from migmanagerd.gpu.sim import init_node
 from migmanagerd.service.paths import NodePaths
+from node_root import sim_node_root
 from migmanagerd.service.run import gpu_results
 from migmanagerd.service.selector import read_selector
 from migmanagerd.service.state import StateStore
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "mig-parted"
-
-
 def _node(tmp_path, monkeypatch) -> tuple[NodePaths, Path]:
-    root = tmp_path / "root"
-    etc = root / "etc" / "nvidia-mig-manager"
-    etc.mkdir(parents=True)
-    for d in (root, root / "etc", etc):
-        d.chmod(0o755)
-    (etc / "config.yaml").write_text((VECTORS / "examples-config.yaml").read_text())
+    paths = sim_node_root(tmp_path, monkeypatch)
     trail = tmp_path / "hooks.log"
     hooks = "version: v1\nhooks:\n" + "".join(
         f"  {h}:\n  - command: /bin/sh\n    args: [-c, 'echo {h} $MIG_PARTED_SELECTED_CONFIG $MIGMANAGERD_GPUS >> {trail}']\n"
         for h in ("apply-start", "pre-apply-mode", "pre-apply-config", "apply-exit")
     )
-    (etc / "hooks.yaml").write_text(hooks)
-    state = tmp_path / "sim.json"
-    init_node(state, "2xA100-SXM4-40GB")
-    monkeypatch.setenv("MIGMANAGERD_ROOT", str(root))
-    monkeypatch.setenv("MIGMANAGERD_BACKEND", "sim")
-    monkeypatch.setenv("MIGMANAGERD_SIM_STATE", str(state))
-    for var in ("MIG_PARTED_SELECTED_CONFIG", "MIG_PARTED_CONFIG_FILE", "MIG_PARTED_HOOKS_FILE"):
-        monkeypatch.delenv(var, raising=False)
-    return NodePaths.from_env(), trail
+    paths.hooks_file.write_text(hooks)
+    return paths, trail
 
 
 def test_apply_runs_the_hooks_and_persists_the_selection(tmp_path, monkeypatch, capsys):

@@ -3,35 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 from migmanagerd.cli.main import main
-from migmanagerd.gpu.sim import init_node
 from migmanagerd.service.paths import NodePaths
 from migmanagerd.service.selector import read_selector
 from migmanagerd.service.state import StateStore
+from node_root import sim_node_root
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "mig-parted"
 STATUS_KEYS = {"selection", "matches", "differences", "gpus", "last_run", "journal", "reboot_guard",
                "integrations", "problems"}
 
 
 def _node(tmp_path, monkeypatch) -> NodePaths:
-    root = tmp_path / "root"
-    etc = root / "etc" / "nvidia-mig-manager"
-    etc.mkdir(parents=True)
-    (etc / "config.yaml").write_text(
-        (VECTORS / "examples-config.yaml").read_text()
-        + "  too-big:\n    - devices: all\n      mig-enabled: true\n      mig-devices:\n        \"3g.20gb\": 3\n"
-    )
-    state = tmp_path / "sim.json"
-    init_node(state, "2xA100-SXM4-40GB")
-    monkeypatch.setenv("MIGMANAGERD_ROOT", str(root))
-    monkeypatch.setenv("MIGMANAGERD_BACKEND", "sim")
-    monkeypatch.setenv("MIGMANAGERD_SIM_STATE", str(state))
-    monkeypatch.delenv("MIG_PARTED_SELECTED_CONFIG", raising=False)
-    monkeypatch.delenv("MIG_PARTED_CONFIG_FILE", raising=False)
-    return NodePaths.from_env()
+    too_big = '  too-big:\n    - devices: all\n      mig-enabled: true\n      mig-devices:\n        "3g.20gb": 3\n'
+    return sim_node_root(tmp_path, monkeypatch, extra_config=too_big)
 
 
 def test_select_refuses_an_unknown_or_unfitting_config_and_writes_nothing(tmp_path, monkeypatch, capsys):

@@ -8,13 +8,10 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from migmanagerd.cli.main import main
-from migmanagerd.gpu.sim import init_node
 from migmanagerd.service.paths import NodePaths
 from migmanagerd.service.run import ServiceOptions, ServiceRun
 from migmanagerd.service.state import StateStore
-
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "mig-parted"
-
+from node_root import sim_node_root
 
 class Quiet:
     def status(self, text: str) -> None:
@@ -28,15 +25,11 @@ class Quiet:
 
 
 def _node(tmp_path, monkeypatch) -> NodePaths:
-    root = tmp_path / "root"
-    etc = root / "etc" / "nvidia-mig-manager"
-    etc.mkdir(parents=True)
-    for d in (root, root / "etc", etc):
-        d.chmod(0o755)
-    (etc / "config.yaml").write_text((VECTORS / "examples-config.yaml").read_text())
+    paths = sim_node_root(tmp_path, monkeypatch)
+    root = Path(str(paths.config_file)[: -len("/etc/nvidia-mig-manager/config.yaml")])
     metrics = root / "var" / "lib" / "node-exporter" / "migmanagerd.prom"
     proc = root / "proc" / "driver" / "nvidia" / "capabilities"
-    (etc / "integrations.yaml").write_text(
+    paths.integrations_file.write_text(
         "version: v1\n"
         f"metrics:\n  enabled: true\n  path: {metrics}\n"
         f"slurm:\n  enabled: true\n  node_name: gpu-07\n  root: {root}\n"
@@ -51,13 +44,7 @@ def _node(tmp_path, monkeypatch) -> NodePaths:
             d.mkdir(parents=True)
             (d / "access").write_text(f"DeviceFileMinor: {minor}\nDeviceFileMode: 292\n")
             minor += 1
-    state = tmp_path / "sim.json"
-    init_node(state, "2xA100-SXM4-40GB")
-    monkeypatch.setenv("MIGMANAGERD_ROOT", str(root))
-    monkeypatch.setenv("MIGMANAGERD_BACKEND", "sim")
-    monkeypatch.setenv("MIGMANAGERD_SIM_STATE", str(state))
-    monkeypatch.delenv("MIG_PARTED_SELECTED_CONFIG", raising=False)
-    return NodePaths.from_env()
+    return paths
 
 
 def test_a_run_writes_metrics_and_gres_and_status_reports_them(tmp_path, monkeypatch, capsys):
