@@ -204,12 +204,24 @@ class SystemdManager:
     def start(self, name: str, timeout_s: float) -> str:
         return self._run_job("StartUnit", name, "replace", timeout_s, "start")
 
+    def restart(self, name: str, timeout_s: float) -> str:
+        """Stop-and-start, waited for. A start of an active unit does nothing,
+        so a service that must reread its files (slurmd) needs this."""
+        return self._run_job("RestartUnit", name, "replace", timeout_s, "restart")
+
     def enqueue_start(self, name: str) -> str:
         """Queue a start job and return its path without waiting for it."""
+        return self._enqueue("StartUnit", name, "start")
+
+    def enqueue_restart(self, name: str) -> str:
+        """Queue a restart job and return its path without waiting for it."""
+        return self._enqueue("RestartUnit", name, "restart")
+
+    def _enqueue(self, method: str, name: str, action: str) -> str:
         from gi.repository import GLib
 
-        (job,) = self._unit_call("StartUnit", name, GLib.Variant("(ss)", (name, "replace")), "(o)", "start")
-        log.debug("queued start of %s as %s", name, job)
+        (job,) = self._unit_call(method, name, GLib.Variant("(ss)", (name, "replace")), "(o)", action)
+        log.debug("queued %s of %s as %s", action, name, job)
         return str(job)
 
     def reload(self, timeout_s: float = 90.0) -> None:

@@ -639,10 +639,12 @@ class ServiceRun:
         )
 
         def restart_unit(unit: str) -> None:
-            self.systemd.start(unit, 90.0)
+            self.systemd.restart(unit, 90.0)
 
         def enqueue_restart(unit: str) -> None:
-            self.systemd.enqueue_start(unit)
+            # ordered after nvidia-gpu-reset.target on a real node: waiting
+            # for it from inside this unit's start would deadlock the boot
+            self.systemd.enqueue_restart(unit)
 
         def unit_exists(unit: str) -> bool:
             try:
