@@ -70,49 +70,41 @@ def _exit_code(results: Iterable[GpuResult]) -> int:
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
+class _PerGpu:
+    """What every report answers from its per-GPU results (``gpus``)."""
+
+    gpus: tuple[GpuResult, ...]
+
+    @property
+    def exit_code(self) -> int:
+        return _exit_code(self.gpus)
+
+    def result(self, index: int) -> GpuResult | None:
+        for r in self.gpus:
+            if r.index == index:
+                return r
+        return None
+
+
 @dataclass(frozen=True)
-class ModeReport:
+class ModeReport(_PerGpu):
     gpus: tuple[GpuResult, ...]  # only GPUs whose mode had to change
     reset: tuple[int, ...] = ()  # GPUs reset (in one call)
     reboot_required: tuple[int, ...] = ()  # pending, reset impossible here
     reset_skipped: tuple[int, ...] = ()  # pending, reset skipped on request
 
-    @property
-    def exit_code(self) -> int:
-        return _exit_code(self.gpus)
-
-    def result(self, index: int) -> GpuResult | None:
-        for r in self.gpus:
-            if r.index == index:
-                return r
-        return None
-
 
 @dataclass(frozen=True)
-class GeometryReport:
+class GeometryReport(_PerGpu):
     gpus: tuple[GpuResult, ...]  # every GPU the config targets
 
-    @property
-    def exit_code(self) -> int:
-        return _exit_code(self.gpus)
-
-    def result(self, index: int) -> GpuResult | None:
-        for r in self.gpus:
-            if r.index == index:
-                return r
-        return None
-
 
 @dataclass(frozen=True)
-class ApplyReport:
+class ApplyReport(_PerGpu):
     config: str
     gpus: tuple[GpuResult, ...]  # every GPU the config targets, by index
     mode: ModeReport | None = None
     geometry: GeometryReport | None = None
-
-    @property
-    def exit_code(self) -> int:
-        return _exit_code(self.gpus)
 
     @property
     def changed(self) -> bool:
@@ -125,12 +117,6 @@ class ApplyReport:
     @property
     def failed(self) -> tuple[int, ...]:
         return tuple(r.index for r in self.gpus if not r.ok)
-
-    def result(self, index: int) -> GpuResult | None:
-        for r in self.gpus:
-            if r.index == index:
-                return r
-        return None
 
     def summary(self) -> str:
         if not self.changed and self.exit_code == EXIT_OK:
