@@ -257,6 +257,13 @@ class SimBackend:
             raise BackendError(index, action, "INVALID_ARGUMENT", f"no such GPU; this node has GPUs 0..{len(node.gpus) - 1}")
         return gpu
 
+    @staticmethod
+    def _gi(gpu: SimGpu, gi_id: int, index: int, action: str) -> SimGi:
+        gi = next((g for g in gpu.instances if g.id == gi_id), None)
+        if gi is None:
+            raise BackendError(index, action, "NOT_FOUND", f"no GPU instance {gi_id}")
+        return gi
+
     def _change(self, op: str, indices: tuple[int, ...], action: str, fn: Callable[[SimNode], T], *, count: int = 1) -> T:
         rule = PROCESS_FAULTS.hit(op, indices, env_faults())
         if rule is not None:
@@ -357,9 +364,9 @@ class SimBackend:
 
         def change(node: SimNode) -> ComputeInstance:
             gpu = self._gpu(node, index, action)
+            gi = self._gi(gpu, gi_id, index, action)
             model = self._models.get(gpu)
-            gi = next((g for g in gpu.instances if g.id == gi_id), None)
-            if model is None or gi is None:
+            if model is None:
                 raise BackendError(index, action, "NOT_FOUND", f"no GPU instance {gi_id}")
             gip = model.gi_profile_by_id(gi.profile_id)
             cip = next((c for c in gip.ci_profiles if c.nvml_id == ci_profile_id), None) if gip else None
@@ -388,9 +395,7 @@ class SimBackend:
 
         def change(node: SimNode) -> None:
             gpu = self._gpu(node, index, action)
-            gi = next((g for g in gpu.instances if g.id == gi_id), None)
-            if gi is None:
-                raise BackendError(index, action, "NOT_FOUND", f"no GPU instance {gi_id}")
+            gi = self._gi(gpu, gi_id, index, action)
             ci = next((c for c in gi.cis if c.id == ci_id), None)
             if ci is None:
                 raise BackendError(index, action, "NOT_FOUND", f"no compute instance {ci_id} in GPU instance {gi_id}")
@@ -403,9 +408,7 @@ class SimBackend:
 
         def change(node: SimNode) -> None:
             gpu = self._gpu(node, index, action)
-            gi = next((g for g in gpu.instances if g.id == gi_id), None)
-            if gi is None:
-                raise BackendError(index, action, "NOT_FOUND", f"no GPU instance {gi_id}")
+            gi = self._gi(gpu, gi_id, index, action)
             if gi.cis:
                 raise BackendError(index, action, "IN_USE", f"it still holds compute instance(s) {', '.join(str(c.id) for c in gi.cis)}")
             gpu.instances.remove(gi)
