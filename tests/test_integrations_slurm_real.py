@@ -33,6 +33,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _slurm_conf(d: Path, cluster: str, *, extra: str = "", node_extra: str = "") -> str:
+    """A one-node slurm.conf with no munge (auth/none), state under ``d``."""
+    return f"""\
+ClusterName={cluster}
+SlurmctldHost=localhost(127.0.0.1)
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+AuthType=auth/none
+CredType=cred/none
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd.pid
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SlurmdParameters=config_overrides
+ReturnToService=2
+MpiDefault=none
+AccountingStorageType=accounting_storage/none
+{extra}NodeName={NODE} NodeAddr=127.0.0.1 NodeHostname=localhost CPUs=1 State=UNKNOWN{node_extra}
+PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+
+
 def _wait(what: str, predicate, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -55,34 +82,10 @@ def cluster(tmp_path_factory):
     for sub in ("state", "spool", "log"):
         (d / sub).mkdir()
     conf = d / "slurm.conf"
-    conf.write_text(f"""\
-ClusterName=migmanagerd-test
-SlurmctldHost=localhost(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
-AuthType=auth/none
-CredType=cred/none
-SlurmUser=root
-SlurmdUser=root
-StateSaveLocation={d}/state
-SlurmdSpoolDir={d}/spool
-SlurmctldPidFile={d}/slurmctld.pid
-SlurmdPidFile={d}/slurmd.pid
-SlurmctldLogFile={d}/log/slurmctld.log
-SlurmdLogFile={d}/log/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SchedulerType=sched/builtin
-SlurmdParameters=config_overrides
-ReturnToService=2
-MpiDefault=none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-NodeName={NODE} NodeAddr=127.0.0.1 NodeHostname=localhost CPUs=1 State=UNKNOWN
-PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-""")
+    conf.write_text(_slurm_conf(d, "migmanagerd-test", extra=(
+        f"SlurmctldLogFile={d}/log/slurmctld.log\nSlurmdLogFile={d}/log/slurmd.log\n"
+        "SelectTypeParameters=CR_Core\nSchedulerType=sched/builtin\nJobAcctGatherType=jobacct_gather/none\n"
+    )))
     old_conf = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(conf)
     procs = [
@@ -217,30 +220,7 @@ def test_generated_gres_files_are_accepted_by_real_slurm(tmp_path):
     written = write_gres_files(settings, layout, "mixed")
     assert written["gres"] == "gpu:3g.20gb:1,gpu:1g.5gb+me:1,gpu:1g.5gb:1,gpu:a100-sxm4-40gb:1"
     fragment = (d / "gres.fragment").read_text().strip()
-    (d / "slurm.conf").write_text(f"""\
-ClusterName=migmanagerd-gres
-SlurmctldHost=localhost(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
-AuthType=auth/none
-CredType=cred/none
-SlurmUser=root
-SlurmdUser=root
-StateSaveLocation={d}/state
-SlurmdSpoolDir={d}/spool
-SlurmctldPidFile={d}/slurmctld.pid
-SlurmdPidFile={d}/slurmd.pid
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SlurmdParameters=config_overrides
-ReturnToService=2
-MpiDefault=none
-AccountingStorageType=accounting_storage/none
-GresTypes=gpu
-NodeName={NODE} NodeAddr=127.0.0.1 NodeHostname=localhost CPUs=1 State=UNKNOWN {fragment}
-PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-""")
+    (d / "slurm.conf").write_text(_slurm_conf(d, "migmanagerd-gres", extra="GresTypes=gpu\n", node_extra=f" {fragment}"))
     # stand-in device nodes (major numbers are arbitrary: slurmd only checks they are devices)
     files = sorted({f for dev in gres_devices(layout, root=root, mig_files="parent-and-caps") for f in dev.files})
     minor = {f: re.search(r"(\d+)$", f).group(1) for f in files}
