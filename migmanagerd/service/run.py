@@ -232,6 +232,7 @@ class ServiceRun:
 
         name = "?"
         engine = None
+        integrations = None
         outcome: RunOutcome | None = None
         failure: Exception | None = None
         try:
@@ -260,7 +261,7 @@ class ServiceRun:
         self._record(name, started, outcome, self.report)
         if engine is not None:
             try:
-                self._integrations(engine, name, outcome, time.monotonic() - t0, self.report, self.changed)
+                self._integrations(engine, integrations, name, outcome, time.monotonic() - t0)
             except Exception as exc:  # they report on the run; they must not change its result
                 log.warning("integrations failed: %s", exc)
             finally:
@@ -615,27 +616,24 @@ class ServiceRun:
         except MigManagerError:
             return False
 
-    def _integrations(self, engine, name, outcome: RunOutcome, duration_s: float, report_json, changed) -> None:
+    def _integrations(self, engine, settings, name, outcome: RunOutcome, duration_s: float) -> None:
+        """``settings`` were loaded with the run's other inputs (an engine
+        exists only after they loaded), so the file is read once per run."""
         from migmanagerd.integrations.run import run_integrations
         from migmanagerd.service.layout import node_layout
 
-        try:
-            settings = self._load_integrations()
-        except MigManagerError as exc:
-            log.warning("integrations not run: %s", exc)
-            return
-        if not settings.any_enabled:
+        if settings is None or not settings.any_enabled:
             return
         from migmanagerd.integrations.layout import RunSummary
 
         ops: dict[str, int] = {}
-        for g in report_json.get("gpus", []) + report_json.get("mode", []):
+        for g in gpu_results(self.report):
             for k, v in g.get("operations", {}).items():
                 ops[k] = ops.get(k, 0) + v
         summary = RunSummary(
             config=name, matched=outcome.exit_code == EXIT_OK and outcome.result == "ok",
             result=outcome.result, duration_s=duration_s, clients_stopped=self.clients_stopped,
-            operations=ops, changed=changed,
+            operations=ops, changed=self.changed,
         )
 
         def restart_unit(unit: str) -> None:
