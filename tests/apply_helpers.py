@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from migmanagerd.apply.engine import ApplyEngine
@@ -17,14 +17,14 @@ A100_NODE = "8xA100-SXM4-40GB"
 MIXED_NODE = "2xA100-SXM4-40GB,2xA30-24GB,2xH100-80GB"
 
 
-@lru_cache(maxsize=None)
+@cache
 def catalog():
     from migmanagerd.catalog.load import load_catalog
 
     return load_catalog()
 
 
-@lru_cache(maxsize=None)
+@cache
 def default_configs():
     from migmanagerd.spec.config import load_config
 

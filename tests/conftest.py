@@ -44,10 +44,9 @@ not found"), only where the machine cannot run a user manager at all.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
-
 from systemd_harness import SystemdUserManager, UnitSandbox, missing_requirement
 
 

@@ -167,7 +167,7 @@ class Node:
             "MIGMANAGERD_BOOT_ID_FILE": str(self.boot_id_file),
         }
 
-    def setup(self, *, no_reset: bool = False) -> "Node":
+    def setup(self, *, no_reset: bool = False) -> Node:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
         for d in (self.root / "etc", self.etc):

@@ -122,7 +122,7 @@ class SystemdUserManager:
     # --- lifecycle ----------------------------------------------------------
 
     @classmethod
-    def start(cls) -> "SystemdUserManager":
+    def start(cls) -> SystemdUserManager:
         root = Path(tempfile.mkdtemp(prefix="migmanagerd-systemd-"))
         run_dir = root / "run"
         cfg_dir = root / "cfg"

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
-
 from collections import Counter
 
 import pytest
-
 from apply_helpers import (
     A100_NODE,
     MIXED_NODE,
@@ -18,6 +16,7 @@ from apply_helpers import (
     ops,
     sim_node,
 )
+
 from migmanagerd.apply import report as R
 from migmanagerd.errors import UsageError
 from migmanagerd.spec.config import parse_config

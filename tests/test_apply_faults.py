@@ -4,8 +4,8 @@ never empty or half-built, and the report says which."""
 from __future__ import annotations
 
 import pytest
-
 from apply_helpers import default_configs, engine, layout, ops, shape, sim_node
+
 from migmanagerd.apply import report as R
 from migmanagerd.gpu.sim_faults import FAULTS_ENV, PROCESS_FAULTS
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-
 from apply_helpers import catalog, default_configs
 from fake_pynvml import FakeNvml, install
+
 from migmanagerd.apply import report as R
 from migmanagerd.apply.engine import ApplyEngine
 from migmanagerd.gpu.nvml import NvmlBackend

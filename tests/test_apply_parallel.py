@@ -12,6 +12,7 @@ import threading
 import time
 
 from apply_helpers import default_configs, engine, sim_node
+
 from migmanagerd.gpu.sim_faults import LATENCY_ENV
 
 WRITES = ("set_mig_mode", "create_gpu_instance", "create_compute_instance",

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from functools import lru_cache
+from functools import cache
 
+from apply_helpers import catalog, engine, layout, ops, sim_node
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apply_helpers import catalog, engine, layout, ops, sim_node
 from migmanagerd.planner.placement import plan_gpu
 from migmanagerd.planner.types import GpuPlan
 from migmanagerd.spec.config import parse_config
@@ -20,7 +20,7 @@ from migmanagerd.spec.profile import MigProfile
 MODEL = "A100-SXM4-40GB"
 
 
-@lru_cache(maxsize=None)
+@cache
 def feasible_targets() -> tuple[tuple[tuple[str, int], ...], ...]:
     """Every multiset of plain A100-40GB profiles (full CIs, plus 1c.3g.20gb) that fits one GPU."""
     model = catalog().get(MODEL)

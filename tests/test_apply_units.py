@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from apply_helpers import default_configs, engine, layout, shape, sim_node
+
 from migmanagerd.apply import report as R
 from migmanagerd.apply.compare import format_devices
 from migmanagerd.apply.configtext import ConfigText, EntryText, render_config_file

@@ -41,7 +41,7 @@ def test_model_geometry_is_consistent(model):
         assert MigProfile.parse(p.name).gpu_slices == p.compute_slices
         assert p.compute_slices <= model.compute_slices
         for s in p.placements:
-            assert 0 <= s and s + p.memory_slices <= model.memory_slices
+            assert s >= 0 and s + p.memory_slices <= model.memory_slices
         # max count achievable: that many pairwise disjoint placements exist
         chosen, end = 0, -1
         for s in p.placements:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from node_root import sim_node_root
+
 from migmanagerd.cli.main import main
 from migmanagerd.service.paths import NodePaths
-from node_root import sim_node_root
 from migmanagerd.service.run import gpu_results
 from migmanagerd.service.selector import read_selector
 from migmanagerd.service.state import StateStore
+
 
 def _node(tmp_path, monkeypatch) -> tuple[NodePaths, Path]:
     paths = sim_node_root(tmp_path, monkeypatch)

@@ -7,8 +7,8 @@ import json
 from collections import Counter
 
 import pytest
-
 from apply_helpers import DEFAULT_CONFIG, catalog, default_configs, engine, layout, multiset, ops, sim_node
+
 from migmanagerd.cli.main import main
 from migmanagerd.spec.config import parse_config
 
@@ -255,6 +255,7 @@ def test_bad_backend_name_is_exit_2(capsys, cmd):
 
 def test_apply_with_an_injected_fault_says_which_gpu_was_rolled_back(node, capsys, monkeypatch):
     from apply_helpers import shape
+
     from migmanagerd.gpu.sim_faults import PROCESS_FAULTS
 
     assert run(capsys, "apply", "-f", CFG, "-c", "all-balanced")[0] == 0

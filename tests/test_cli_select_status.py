@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+
+from node_root import sim_node_root
+
 from migmanagerd.cli.main import main
 from migmanagerd.service.paths import NodePaths
 from migmanagerd.service.selector import read_selector
 from migmanagerd.service.state import StateStore
-from node_root import sim_node_root
 
 STATUS_KEYS = {"selection", "matches", "differences", "gpus", "last_run", "journal", "reboot_guard",
                "integrations", "problems"}

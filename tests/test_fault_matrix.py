@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from e2e_support import (
     KILL_ENV,
     PIDFILE_ENV,

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pynvml as real
 import pytest
+from fake_pynvml import FakeNvml, install
 
 from migmanagerd.catalog.load import load_catalog
 from migmanagerd.errors import UsageError
 from migmanagerd.gpu.backend import BackendError, MigMode
 from migmanagerd.gpu.factory import open_backend
 from migmanagerd.gpu.nvml import NvmlBackend, pci_sysfs_name
-from fake_pynvml import FakeNvml, install
 
 CATALOG = load_catalog()
 A100 = CATALOG.find("A100-SXM4-40GB")

@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 
 import pytest
 
-from migmanagerd.errors import EXIT_FAILED
-from migmanagerd.errors import SourceLocation
+from migmanagerd.errors import EXIT_FAILED, SourceLocation
 from migmanagerd.hooks.runner import HookFailed, HookRunner
 from migmanagerd.spec.hooks import parse_hooks
-from migmanagerd.spec.types import HookSpec, HooksFile
+from migmanagerd.spec.types import HooksFile, HookSpec
 
 LOC = SourceLocation("hooks.yaml", 1, 1)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
-from functools import lru_cache
+from functools import cache
 
 import pytest
 
@@ -48,7 +48,7 @@ def _rules_hold(model: GpuModel, layout) -> bool:
     return True
 
 
-@lru_cache(maxsize=None)
+@cache
 def all_layouts(model: GpuModel) -> tuple[Layout, ...]:
     """Every legal layout: walk the memory slices, each either empty or the start of a GI."""
     out: list[Layout] = []
@@ -67,7 +67,7 @@ def all_layouts(model: GpuModel) -> tuple[Layout, ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def layouts_by_multiset(model: GpuModel) -> dict[frozenset, list[Layout]]:
     table: dict[frozenset, list[Layout]] = {}
     for lay in all_layouts(model):

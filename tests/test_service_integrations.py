@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from node_root import sim_node_root
 from prometheus_client.parser import text_string_to_metric_families
 
 from migmanagerd.cli.main import main
 from migmanagerd.service.paths import NodePaths
 from migmanagerd.service.run import ServiceOptions, ServiceRun
 from migmanagerd.service.state import StateStore
-from node_root import sim_node_root
+
 
 class Quiet:
     def status(self, text: str) -> None:

@@ -397,8 +397,9 @@ def test_error_message_is_one_line():
 
 # --- properties -------------------------------------------------------------------
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
 import yaml  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 _profiles = st.sampled_from(["1g.5gb", "2g.10gb", "3g.20gb", "1c.3g.20gb", "1g.10gb+me", "7g.40gb", "1g.24gb+gfx"])
 _entries = st.fixed_dictionaries(

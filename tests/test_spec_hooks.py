@@ -197,8 +197,9 @@ def test_env_name_with_newline_is_rejected():
     assert where(e) == (5, 14) and "contains a control character" in e.message and "\n" not in str(e)
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
 import yaml  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 9), st.text(max_size=8))
 _values = st.recursive(

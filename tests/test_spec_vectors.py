@@ -9,7 +9,7 @@ import pytest
 from migmanagerd.spec.config import load_config
 from migmanagerd.spec.hooks import load_hooks
 from migmanagerd.spec.profile import MigProfile
-from migmanagerd.spec.types import DeviceFilter, HOOK_NAMES
+from migmanagerd.spec.types import HOOK_NAMES, DeviceFilter
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "mig-parted"
 CONFIGS = ("config-default.yaml", "dgx-station-80gb-config.yaml", "examples-config.yaml")

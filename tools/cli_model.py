@@ -48,7 +48,7 @@ class Command:
     description: str
     epilog: str
     options: tuple[Option, ...]     # optionals first, then positionals, in parser order
-    subcommands: tuple["Command", ...]
+    subcommands: tuple[Command, ...]
     aliases: tuple[str, ...] = ()
 
     @property

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 _PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 

@@ -15,8 +15,9 @@ results stand.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import TypeVar
 
 from migmanagerd.apply import report as R
 from migmanagerd.apply.compare import differences, format_devices

@@ -16,7 +16,7 @@ Entries carry device-filters, so one file serves a node of mixed models.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from migmanagerd.apply.configtext import ConfigText, EntryText
 from migmanagerd.catalog.model import GiProfile, GpuModel

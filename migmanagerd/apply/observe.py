@@ -9,8 +9,8 @@ shape gets a name no target can equal, so the planner replaces it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from migmanagerd.catalog.model import GiProfile, GpuModel, Placement
 from migmanagerd.gpu.backend import Backend, GpuInfo, GpuInstance, MigMode

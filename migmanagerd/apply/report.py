@@ -3,8 +3,8 @@ journal can all read. Pure data."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 from migmanagerd.errors import EXIT_FAILED, EXIT_OK
 

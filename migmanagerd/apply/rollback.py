@@ -14,8 +14,8 @@ refer to them (the compute instances created inside it).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from migmanagerd.gpu.backend import Backend, ComputeInstance, GpuInstance
 

@@ -30,7 +30,7 @@ class Placement:
         """Bit i set for each memory slice i this placement occupies."""
         return ((1 << self.size) - 1) << self.start
 
-    def overlaps(self, other: "Placement") -> bool:
+    def overlaps(self, other: Placement) -> bool:
         return self.start < other.end and other.start < self.end
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from migmanagerd.cli.common import add_mode_only
-from migmanagerd.cli.common import add_backend, add_config_file, add_debug, add_selected_config
-from migmanagerd.cli.common import env_flag
+from migmanagerd.cli.common import add_backend, add_config_file, add_debug, add_mode_only, add_selected_config, env_flag
 from migmanagerd.cli.selection import load_selection, open_engine
 from migmanagerd.errors import EXIT_FAILED, EXIT_OK
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from migmanagerd.cli.common import add_mode_only
-from migmanagerd.cli.common import add_backend, add_config_file, add_debug, add_selected_config
+from migmanagerd.cli.common import add_backend, add_config_file, add_debug, add_mode_only, add_selected_config
 from migmanagerd.cli.selection import load_selection, open_engine
 from migmanagerd.errors import EXIT_OK, EXIT_USAGE
 from migmanagerd.planner.types import GpuPlan, MigDevice

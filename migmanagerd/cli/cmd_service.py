@@ -9,12 +9,11 @@ from migmanagerd.cli.common import (
     add_backend,
     add_config_file,
     add_debug,
-    env_flag,
     add_hooks_file,
     add_mode_only,
     add_selected_config,
+    env_flag,
 )
-
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:

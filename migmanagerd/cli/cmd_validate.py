@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from migmanagerd.catalog.load import Catalog, load_catalog
 from migmanagerd.catalog.model import GpuModel

@@ -10,7 +10,7 @@ lists the names the file has.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from migmanagerd.cli.common import env_selected_config
 from migmanagerd.errors import UsageError

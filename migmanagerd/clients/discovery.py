@@ -16,9 +16,9 @@ the same command succeeds once the processes are gone.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from migmanagerd.clients.clientset import DISCOVER_MODES
 from migmanagerd.clients.systemd import SystemdError, SystemdManager

@@ -29,7 +29,7 @@ class Notifier:
         self._sender = sender
 
     @classmethod
-    def from_env(cls) -> "Notifier":
+    def from_env(cls) -> Notifier:
         """A notifier for ``NOTIFY_SOCKET``; a no-op one when it is unset."""
         if not os.environ.get("NOTIFY_SOCKET"):
             return cls(None)

@@ -22,8 +22,8 @@ its failure is reported.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from migmanagerd.clients.notify import Notifier
 from migmanagerd.clients.systemd import SystemdError, SystemdManager, UnitState

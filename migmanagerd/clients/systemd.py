@@ -117,7 +117,7 @@ class SystemdManager:
     # --- connection ---------------------------------------------------------
 
     @classmethod
-    def connect(cls, timeout_s: float = 10.0) -> "SystemdManager":
+    def connect(cls, timeout_s: float = 10.0) -> SystemdManager:
         """Connect to the system bus (``DBUS_SYSTEM_BUS_ADDRESS`` if set).
 
         ``timeout_s`` bounds each D-Bus method call; job waits have their own.
@@ -151,7 +151,7 @@ class SystemdManager:
         except Exception:  # already closed by the peer: nothing left to release
             pass
 
-    def __enter__(self) -> "SystemdManager":
+    def __enter__(self) -> SystemdManager:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -407,7 +407,7 @@ class _RemoteError(Exception):
         self.address = address
 
     @classmethod
-    def from_glib(cls, exc: Any, address: str) -> "_RemoteError":
+    def from_glib(cls, exc: Any, address: str) -> _RemoteError:
         from gi.repository import Gio
 
         message = exc.message

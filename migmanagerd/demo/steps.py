@@ -20,9 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from migmanagerd.demo.node import (
-    CLIENTS, GPU_HOLDER, SERVICE, SIM_LATENCY, SIM_NODE, TARGET, UNFIT_CONFIG, DemoNode, missing_checkout_files,
+    CLIENTS,
+    GPU_HOLDER,
+    SERVICE,
+    SIM_LATENCY,
+    SIM_NODE,
+    TARGET,
+    UNFIT_CONFIG,
+    DemoNode,
+    missing_checkout_files,
 )
-from migmanagerd.demo.usermanager import CGROUP_PREFIX, ManagerError, clean_environ, UserManager, missing_requirement
+from migmanagerd.demo.usermanager import CGROUP_PREFIX, ManagerError, UserManager, clean_environ, missing_requirement
 
 CLI_TIMEOUT_S = 60.0
 UNIT_TIMEOUT_S = 90.0  # one start/restart of the unit (the sim applies in seconds)

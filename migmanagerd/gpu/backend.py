@@ -8,8 +8,9 @@ slices, exactly as NVML has them; mapping to names is the catalog's job.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from migmanagerd.errors import MigManagerError
 

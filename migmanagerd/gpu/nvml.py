@@ -24,11 +24,12 @@ import ctypes
 import os
 import subprocess
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from migmanagerd.gpu.backend import (
     BackendError,

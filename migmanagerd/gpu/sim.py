@@ -25,8 +25,9 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from migmanagerd.catalog.model import GiProfile, GpuModel
 from migmanagerd.errors import UsageError

@@ -15,11 +15,12 @@ import signal
 import subprocess
 import threading
 import time
-from typing import IO, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import IO
 
 from migmanagerd.errors import MigManagerError
 from migmanagerd.log import get_logger
-from migmanagerd.spec.types import HOOK_NAMES, HookSpec, HooksFile
+from migmanagerd.spec.types import HOOK_NAMES, HooksFile, HookSpec
 
 log = get_logger("hooks")
 

@@ -13,8 +13,8 @@ operator-configured command runs here, with a timeout.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from migmanagerd.integrations.settings import CdiSettings
 from migmanagerd.log import get_logger

@@ -15,7 +15,7 @@ drained for another reason is never resumed by migmanagerd.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from migmanagerd.integrations.layout import RunSummary
 from migmanagerd.integrations.scontrol import NodeStatus, Scontrol, ScontrolError

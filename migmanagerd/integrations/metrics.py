@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from migmanagerd.integrations.atomic import write_atomic
 from migmanagerd.integrations.layout import NodeLayout, RunSummary

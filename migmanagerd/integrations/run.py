@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from migmanagerd.integrations.cdi import cdi_action, perform_cdi_action
 from migmanagerd.integrations.drain import SlurmDrain

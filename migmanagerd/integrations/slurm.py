@@ -9,8 +9,8 @@ the new file by itself).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from migmanagerd.errors import MigManagerError
 from migmanagerd.integrations.atomic import write_atomic

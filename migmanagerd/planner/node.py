@@ -8,8 +8,9 @@ reported against the entry before anything on the node is touched.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from migmanagerd.catalog.model import GpuModel
 from migmanagerd.errors import SpecError

@@ -18,10 +18,10 @@ and error against hardware.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from itertools import combinations
-from typing import Mapping, Sequence
 
 from migmanagerd.catalog.model import GiProfile, GpuModel, Placement
 from migmanagerd.planner.types import GpuPlan, Infeasible, MigDevice
@@ -217,7 +217,7 @@ def _search(
         tuple(len(keep_starts[i].intersection(starts)) for starts, _ in options[i]) for i in range(len(kinds))
     )
 
-    @lru_cache(maxsize=None)
+    @cache
     def best(i: int, mask: int) -> tuple[int, tuple[tuple[int, ...], ...]] | None:
         if i == len(kinds):
             return 0, ()

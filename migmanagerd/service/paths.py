@@ -16,9 +16,9 @@ the kernel's file otherwise.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
 
 ETC_DIR = "/etc/nvidia-mig-manager"
 DEFAULT_CONFIG_FILE = f"{ETC_DIR}/config.yaml"
@@ -52,7 +52,7 @@ class NodePaths:
         return self.state_dir / STATE_FILE_NAME
 
     @classmethod
-    def under_root(cls, root: str | os.PathLike[str]) -> "NodePaths":
+    def under_root(cls, root: str | os.PathLike[str]) -> NodePaths:
         """Every default path moved under ``root`` (boot_id included, so a test
         can fake a reboot by rewriting ``<root>/proc/sys/kernel/random/boot_id``)."""
         r = Path(root)
@@ -71,7 +71,7 @@ class NodePaths:
         )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "NodePaths":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> NodePaths:
         env = os.environ if env is None else env
         root = env.get(ENV_ROOT) or ""
         paths = cls.under_root(root) if root else cls()

@@ -17,8 +17,8 @@ the marker are one atomic state.json write each.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 from migmanagerd.service.state import RebootMarker, State, StateStore, utc_now
 

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from migmanagerd.errors import EXIT_FAILED, EXIT_OK, MigManagerError
 from migmanagerd.log import get_logger

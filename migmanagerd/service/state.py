@@ -24,10 +24,11 @@ import json
 import os
 import stat
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 from migmanagerd.log import get_logger
 from migmanagerd.service.atomic_file import cleanup_temp_files, write_atomic
@@ -49,7 +50,7 @@ RUN_RESULTS: tuple[str, ...] = ("ok", "failed", "reboot-required")
 
 def utc_now() -> str:
     """Timestamps in state.json: ISO 8601, UTC, whole seconds."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ class _DirLock:
         self._path = directory / LOCK_FILE_NAME
         self._fd: int | None = None
 
-    def __enter__(self) -> "_DirLock":
+    def __enter__(self) -> _DirLock:
         try:
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, STATE_FILE_MODE)
         except OSError as exc:
@@ -309,7 +310,7 @@ class StateStore:
 
     def _set_aside(self, reason: str) -> str:
         path = self.path
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         aside = path.with_name(f"{path.name}.corrupt-{stamp}")
         try:
             os.replace(path, aside)

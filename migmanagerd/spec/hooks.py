@@ -20,7 +20,7 @@ from migmanagerd.spec.source import (
     require_seq,
     require_str,
 )
-from migmanagerd.spec.types import HOOK_NAMES, HookSpec, HooksFile
+from migmanagerd.spec.types import HOOK_NAMES, HooksFile, HookSpec
 
 TOP_KEYS = ("version", "hooks")
 HOOK_KEYS = ("command", "args", "envs", "workdir")

@@ -36,7 +36,7 @@ class MigProfile:
     attributes: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, text: str) -> "MigProfile":
+    def parse(cls, text: str) -> MigProfile:
         if not isinstance(text, str):
             raise ProfileNameError(f"profile name must be a string, got {type(text).__name__}")
         raw = text.strip()

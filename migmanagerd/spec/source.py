@@ -8,9 +8,10 @@ duplicate keys (silently merged by plain ``yaml.safe_load``) become errors.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
