@@ -89,6 +89,14 @@ def test_walk_cycles_terminate_and_do_not_poison_memory():
     assert w.why_ordered_after("y") == ""
 
 
+def test_walk_finds_units_ordered_after_our_own_service():
+    g = GraphManager({"a": ["nvidia-mig-manager.service"], "b": ["a"], "c": ["basic.target"]})
+    w = _AfterWalker(g, T, 100, ("nvidia-mig-manager.service",))
+    assert w.why_ordered_after("a") == "ordered after nvidia-mig-manager.service"
+    assert w.why_ordered_after("b") == "ordered after nvidia-mig-manager.service"
+    assert w.why_ordered_after("c") == ""
+
+
 def test_walk_memoizes_across_units():
     g = GraphManager({"a": ["basic.target"], "b": ["basic.target"], "basic.target": ["sysinit.target"]})
     w = _AfterWalker(g, T, 100)
@@ -276,7 +284,7 @@ ONESHOT_SCRIPT = textwrap.dedent(
     manager = SystemdManager.connect()
     result = {}
     if mode == "policy":
-        report = ClientController(manager, start_timeout_s=30).start(units)
+        report = ClientController(manager, start_timeout_s=30, manager_service=own_unit).start(units)
         result = {"started": report.started, "enqueued": report.enqueued, "failed": report.failed}
     else:
         try:
@@ -292,7 +300,7 @@ ONESHOT_SCRIPT = textwrap.dedent(
 )
 
 
-def deadlock_setup(u, mode: str):
+def deadlock_setup(u, mode: str, client_after: str = T):
     script = u.root / "oneshot_restart_clients.py"
     script.write_text(ONESHOT_SCRIPT)
     out = u.root / f"oneshot-{mode}.json"
@@ -306,7 +314,7 @@ def deadlock_setup(u, mode: str):
         f"StandardOutput=append:{u.root}/t-mig.log\nStandardError=append:{u.root}/t-mig.log\n",
     )
     u.write_unit(T, "[Unit]\nWants=t-mig.service\n")
-    u.write_unit("c-client.service", f"[Unit]\nAfter={T}\n" + SLEEPER)
+    u.write_unit("c-client.service", f"[Unit]\nAfter={client_after}\n" + SLEEPER)
     u.daemon_reload()
     return out
 
@@ -326,6 +334,23 @@ def test_no_deadlock_restarting_a_client_from_the_oneshot(systemd_user):
     result = json.loads(out.read_text())
     assert result == {"started": [], "enqueued": ["c-client.service"], "failed": []}
     u.wait_for(T, "active")
+    u.wait_for("c-client.service", "active")
+
+
+def test_a_client_ordered_after_the_oneshot_itself_is_enqueued_on_restart(systemd_user):
+    """`systemctl restart nvidia-mig-manager` with the target already active: a
+    client ordered After= the service (not the target) would wait for the
+    running restart job; it is queued instead, and the restart finishes."""
+    u = systemd_user
+    out = deadlock_setup(u, "policy", client_after="t-mig.service")
+    u.systemctl("start", "--no-block", T)
+    u.wait_for(T, "active", timeout=20)
+    u.wait_for("c-client.service", "active")
+    out.unlink()
+    u.systemctl("stop", "c-client.service")  # as the run stops it before a change
+    u.systemctl("restart", "t-mig.service", timeout=25)
+    assert u.prop("t-mig.service", "Result") == "success", oneshot_log(u)
+    assert json.loads(out.read_text()) == {"started": [], "enqueued": ["c-client.service"], "failed": []}
     u.wait_for("c-client.service", "active")
 
 
