@@ -158,15 +158,26 @@ def chroot(root: Path, *argv: str, timeout: float = COMMAND_TIMEOUT_S * 3) -> su
     return proc
 
 
-def with_version(deb: Path, version: str, out: Path) -> Path:
-    """A copy of ``deb`` that says it is ``version``: an upgrade without a
-    second package build."""
+def with_version(deb: Path, version: str, out: Path, unit_comment: str = "") -> Path:
+    """A copy of ``deb`` that says it is ``version`` (and whose unit file ends
+    with ``unit_comment``, so the manager has a changed unit to reload): an
+    upgrade without a second package build."""
     tree = out.with_suffix(".d")
     subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True, timeout=COMMAND_TIMEOUT_S)
     control = tree / "DEBIAN/control"
     lines = [f"Version: {version}" if line.startswith("Version:") else line
              for line in control.read_text().splitlines()]
     control.write_text("\n".join(lines) + "\n")
+    if unit_comment:
+        unit = tree / "usr/lib/systemd/system/nvidia-mig-manager.service"
+        unit.write_text(unit.read_text() + unit_comment)
+        # dpkg checks the md5sums only on request, but keep them true
+        sums = tree / "DEBIAN/md5sums"
+        digest = hashlib.md5(unit.read_bytes()).hexdigest()
+        sums.write_text("".join(
+            f"{digest}  {line.split(maxsplit=1)[1]}\n" if line.endswith("nvidia-mig-manager.service") else line + "\n"
+            for line in sums.read_text().splitlines()
+        ))
     subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(out)], check=True,
                    capture_output=True, timeout=COMMAND_TIMEOUT_S)
     shutil.rmtree(tree)
