@@ -238,9 +238,9 @@ def test_failed_start_is_reported_while_others_start(systemd_user, manager):
     )
     assert report.started == ("c-ok-1.service", "c-ok-2.service")
     failed = dict(report.failed)
-    assert set(failed) == {"c-bad.service", "c-missing.service"}
+    assert set(failed) == {"c-bad.service"}
+    assert report.dropped == (("c-missing.service", "not-found"),)  # nothing to start: not a failure
     assert "'failed'" in failed["c-bad.service"]
-    assert "not found" in failed["c-missing.service"]
     assert not report.ok
     assert u.prop("c-ok-2.service", "ActiveState") == "active"
 
@@ -261,6 +261,18 @@ def test_units_ordered_after_the_target_are_enqueued(systemd_user, manager):
     assert report.started == ("c-free.service", "c-cycle-a.service")
     u.wait_for("c-direct.service", "active")
     u.wait_for("c-chained.service", "active")
+
+
+def test_units_removed_or_masked_since_they_were_stopped_are_dropped_not_failed(systemd_user, manager):
+    u = systemd_user
+    u.write_unit("c-here.service", SLEEPER)
+    (u.unit_dir / "c-masked.service").symlink_to("/dev/null")
+    u.daemon_reload()
+    report = ClientController(manager, start_timeout_s=10).start(
+        ["c-gone.service", "c-masked.service", "c-here.service"])
+    assert report.ok
+    assert report.dropped == (("c-gone.service", "not-found"), ("c-masked.service", "masked"))
+    assert report.started == ("c-here.service",)
 
 
 def test_everything_is_enqueued_while_the_target_is_inactive(systemd_user, manager):

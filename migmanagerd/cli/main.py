@@ -25,6 +25,7 @@ COMMANDS = (
     "validate",
     "generate_config",
     "service",
+    "journal",
     "sim",
 )
 

@@ -62,6 +62,9 @@ class StartReport:
     started: tuple[str, ...]  # started and waited for: now active
     enqueued: tuple[str, ...]  # start job queued, not waited for
     failed: tuple[tuple[str, str], ...]  # (unit, reason)
+    # (unit, why): owed a start but uninstalled or masked since; nothing to
+    # start, so not a failure (a journal holding it must not fail every boot)
+    dropped: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -152,12 +155,18 @@ class ClientController:
         started: list[str] = []
         enqueued: list[str] = []
         failed: list[tuple[str, str]] = []
+        dropped: list[tuple[str, str]] = []
         listed = _unique(units)
         if not listed:
             return StartReport((), (), ())
         gate = self._gate()
         walker = _AfterWalker(self._manager, self.gpu_reset_target, self.max_after_walk, (self.manager_service,))
         for unit in listed:
+            gone = self._gone(unit)
+            if gone:
+                log.warning("not starting GPU client %s again: it is %s now; dropped from the journal", unit, gone)
+                dropped.append((unit, gone))
+                continue
             why_queue = gate or walker.why_ordered_after(unit)
             try:
                 if why_queue:
@@ -173,7 +182,16 @@ class ClientController:
             except SystemdError as exc:
                 log.error("starting %s failed: %s", unit, exc)
                 failed.append((unit, str(exc)))
-        return StartReport(tuple(started), tuple(enqueued), tuple(failed))
+        return StartReport(tuple(started), tuple(enqueued), tuple(failed), tuple(dropped))
+
+    def _gone(self, unit: str) -> str:
+        """"not-found" or "masked" when ``unit`` cannot be started any more
+        (removed or masked by the operator since it was stopped), else ""."""
+        try:
+            state = self._manager.unit(unit)
+        except SystemdError:
+            return ""  # unknown: try the start, which reports what is wrong
+        return state.load_state if state.load_state in ("not-found", "masked") else ""
 
     def _gate(self) -> str:
         """Why every start must only be queued now, or "" when none need be."""
