@@ -3,8 +3,11 @@ its MIG devices fails after the same run switched MIG on (issue 10 item 1)."""
 
 from __future__ import annotations
 
+import logging
+
 from node_root import sim_node_root
 
+from migmanagerd.apply.engine import ApplyEngine
 from migmanagerd.cli.main import main
 from migmanagerd.gpu.sim import SimBackend
 from migmanagerd.gpu.sim_faults import PROCESS_FAULTS
@@ -63,3 +66,20 @@ def test_a_mode_that_cannot_be_restored_is_reported_rollback_failed_and_shown_by
     assert main(["status"]) == 0
     out = capsys.readouterr().out
     assert "GPU 0: rollback-failed" in out, out
+
+
+def test_an_unexpected_error_is_logged_with_its_traceback_at_error_priority(tmp_path, monkeypatch, caplog):
+    paths = sim_node_root(tmp_path, monkeypatch, spec="1xA100-SXM4-40GB")
+
+    def broken_plan(self, config, *, mode_only=False, state=None):
+        raise RuntimeError("a bug in planning")
+
+    monkeypatch.setattr(ApplyEngine, "plan", broken_plan)
+    with caplog.at_level(logging.ERROR, logger="migmanagerd"):
+        outcome = ServiceRun(ServiceOptions(selected_config="all-3g.20gb"), paths, notifier=Quiet()).run()
+    assert outcome.exit_code == 1
+    assert outcome.message == "unexpected error: RuntimeError: a bug in planning"
+    records = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+    assert records, "no error record with a traceback"
+    assert "broken_plan" in caplog.text  # the traceback itself, not only the message
+    assert StateStore(paths).load().state.last_run.result == "failed"
