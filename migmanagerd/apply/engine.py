@@ -6,10 +6,12 @@ Every decision is made on an observation and a plan first (``observe``,
 ``plan``); only ``apply*`` write, and only what the plan says. A config that
 does not fit raises ``UsageError`` before the first write.
 
-Writes per GPU go through a ``GpuWriter`` journal; when a step fails, that GPU
-alone is undone to the layout it had when the apply started (including its
-MIG mode, with a reset where the mode change needed one), and the other GPUs'
-results stand.
+One apply is one ``ApplyRun`` (``start``; ``apply`` drives one through both
+phases): writes per GPU go through one ``GpuWriter`` journal for the whole
+apply; when a step fails, that GPU alone is undone to the layout it had when
+the apply started (including its MIG mode, with a reset where the mode change
+needed one), and the other GPUs' results stand. The phase steps below are
+the run's; nothing else calls them.
 """
 
 from __future__ import annotations
