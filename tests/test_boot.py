@@ -249,6 +249,11 @@ def test_first_boot_applies_the_selection_before_any_client_starts(new_node):
     assert status["matches"] is True
     log = c.journal(f"-u {UNIT}")
     assert "Failed" not in log, log
+    # messages count what happened: at boot no client runs yet, so none is
+    # stopped (the shipped clients.yaml also lists units not installed here)
+    assert "no GPU client was running before the mode change" in log, log
+    assert not re.search(r"stopp(ing|ed) \d+ GPU client", log), log
+    assert "GPU 0 (1/8): " in log and "GPU 7 (8/8): " in log and "(0/8)" not in log
 
 
 def test_select_and_reboot_applies_the_new_selection_without_a_mode_change(new_node):
@@ -270,6 +275,8 @@ def test_select_and_reboot_applies_the_new_selection_without_a_mode_change(new_n
     assert c.show(UNIT, "Result") == "success"
     log = c.journal(f"-u {UNIT} -n 200")
     assert f"enqueued slurmd.service (ordered after {UNIT})" in log, log
+    assert "stopped 4 GPU client(s) before the config change" in log, log
+    assert "GPU clients: 0 started, 4 enqueued" in log, log
     assert all(profiles(g) == ["1g.5gb"] * 7 for g in gpus(c))
 
 
@@ -294,7 +301,8 @@ def test_reboot_once_path_reboots_exactly_once_and_finishes_the_run_first(new_no
     assert c.boots_started() == 2 and c.boot_exits() == [bs.EXIT_REBOOT]
     previous = c.journal(f"-b -1 -u {UNIT}")
     assert previous.count("rebooting once") == 1, previous
-    assert "Failed with result" not in previous, previous
+    assert "Failed with result" not in previous and "status=15/TERM" not in previous, previous
+    assert previous.index("apply-exit") < previous.index("reboot requested"), previous
     # boot 1: the mode change, apply-exit once, then the reboot; boot 2: the layout
     assert hook_lines(c) == [["apply-start", "pre-apply-mode", "apply-exit"],
                              ["apply-start", "pre-apply-config", "apply-exit"]]
@@ -360,6 +368,23 @@ def test_package_install_upgrade_remove_purge_reinstall_without_reboot(new_node,
     unit_says(LoadState="loaded", NeedDaemonReload="no")
     verify = c.sh(f"systemd-analyze verify {UNIT}", check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_stale_journal_naming_an_uninstalled_client_does_not_fail_the_boot(new_node):
+    """The sticky journal: a killed run's journal names slurmd-old.service, since
+    uninstalled. The boot drops it with a warning and succeeds; status never
+    called that dead run "in flight"."""
+    c = new_node("all-enabled")
+    journal = {"config": "all-enabled", "phase": "applying mode", "started_at": "2026-01-01T00:00:00Z",
+               "pid": 4242, "stopped_units": ["slurmd-old.service", "kubelet.service"], "boot_id": "an-old-boot"}
+    c.write("/var/lib/nvidia-mig-manager/state.json", json.dumps({"version": 1, "journal": journal}), mode=0o600)
+    c.boot()
+    assert c.wait_booted() == "running", c.journal(f"-u {UNIT}")
+    log = c.journal(f"-u {UNIT}")
+    assert "slurmd-old.service again: it is not-found now; dropped from the journal" in log, log
+    status = c.status_json()
+    assert status["journal"] is None and status["last_run"]["result"] == "ok"
+    assert c.show("kubelet.service", "ActiveState") == "active"
 
 
 def test_unit_boot_time_on_a_boot_that_changes_nothing(new_node):
