@@ -54,6 +54,10 @@ POWEROFF_TIMEOUT_S = 60.0
 DEBOOTSTRAP_TIMEOUT_S = 900.0
 # nspawn's exit status when the container rebooted (systemd-nspawn(1)).
 EXIT_REBOOT = 133
+# A boot that outlives this is powered off by the launcher itself (SIGTERM to
+# nspawn): a test process killed before its cleanup leaves nothing running
+# for long.
+BOOT_LIFETIME_S = 900
 
 
 class BootError(RuntimeError):
@@ -191,7 +195,8 @@ n=0
 while [ "$n" -lt "$6" ]; do
     n=$((n + 1))
     echo "boot $n" >> "$4"
-    systemd-nspawn -b -D "$3" --register=no --keep-unit --private-network -M "$2" </dev/null >>"$5" 2>&1
+    timeout -k 30 {lifetime} systemd-nspawn -b -D "$3" --register=no --keep-unit --private-network -M "$2" \
+        </dev/null >>"$5" 2>&1
     rc=$?
     echo "exit $n $rc" >> "$4"
     [ "$rc" -eq {reboot} ] || exit 0
@@ -245,7 +250,7 @@ class Container:
             (CGROUP_FS / h / self.cgroup).mkdir(exist_ok=True)
         script = self.work / "launch.sh"
         script.write_text(_LAUNCHER.format(hierarchies=" ".join(CGROUP_HIERARCHIES), cgroup_fs=CGROUP_FS,
-                                           reboot=EXIT_REBOOT))
+                                           reboot=EXIT_REBOOT, lifetime=BOOT_LIFETIME_S))
         self.launcher = subprocess.Popen(
             ["sh", str(script), self.cgroup, self.name, str(self.root), str(self.boots_log),
              str(self.console_log), str(max_boots)],
@@ -263,11 +268,14 @@ class Container:
         return [int(line.split()[2]) for line in self.boots_log.read_text().splitlines() if line.startswith("exit ")]
 
     def pid1(self) -> int | None:
-        """The container's PID 1 (systemd), child of the running nspawn."""
+        """The container's PID 1: the first ``systemd`` below the launcher
+        (launcher, timeout, nspawn, systemd)."""
         if self.launcher is None or self.launcher.poll() is not None:
             return None
-        for nspawn in _children(self.launcher.pid):
-            for child in _children(nspawn):
+        level = [self.launcher.pid]
+        for _ in range(4):
+            level = [child for pid in level for child in _children(pid)]
+            for child in level:
                 with contextlib.suppress(OSError):
                     if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
                         return child
