@@ -9,7 +9,6 @@ lists the names the file has.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 from migmanagerd.cli.common import env_selected_config
@@ -21,10 +20,8 @@ Fallback = Callable[[], "str | None"]
 
 def read_config_file(path: str) -> ConfigFile:
     """Load and validate a config file; ``-`` reads standard input (as nvidia-mig-parted)."""
-    from migmanagerd.spec.config import load_config, parse_config
+    from migmanagerd.spec.config import load_config
 
-    if path == "-":
-        return parse_config(sys.stdin.read(), "<stdin>")
     return load_config(path)
 
 
