@@ -32,7 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from migmanagerd.service.run import ServiceRun, gpu_results
 
-    service = ServiceRun(options_from_args(args, persist_selection=args.selected_config is not None))
+    # `nvidia-mig-parted apply` (cli/peer.py) sets persist_selection False:
+    # the peer's apply never changes what the next boot applies
+    persist = getattr(args, "persist_selection", None)
+    if persist is None:
+        persist = args.selected_config is not None
+    service = ServiceRun(options_from_args(args, persist_selection=persist))
     outcome = service.run()
     gpus = gpu_results(service.report)
     if args.json:

@@ -36,13 +36,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+PROG = "migmanagerd"
+EPILOG = "Exit codes: 0 success (assert: applied), 1 not applied or failed, 2 usage or configuration error."
+
+
+def build_parser(prog: str = PROG, epilog: str = EPILOG) -> argparse.ArgumentParser:
+    """The whole command line; ``prog``/``epilog`` let the ``nvidia-mig-parted``
+    front end (cli/peer.py) present the same commands under its own name."""
     parser = _Parser(
-        prog="migmanagerd",
+        prog=prog,
         description="Keep the MIG layout of every NVIDIA GPU in this node as selected.",
-        epilog="Exit codes: 0 success (assert: applied), 1 not applied or failed, 2 usage or configuration error.",
+        epilog=epilog,
     )
-    parser.add_argument("-v", "--version", action="version", version=f"migmanagerd {__version__}")
+    parser.add_argument("-v", "--version", action="version", version=f"{prog} (migmanagerd) {__version__}"
+                        if prog != PROG else f"migmanagerd {__version__}")
     # nvidia-mig-parted's global flag, before the command (`-d apply ...`);
     # the same flags after the command work too
     parser.add_argument(
@@ -77,10 +84,11 @@ def _help_as_flag(argv: list[str]) -> list[str]:
     return argv
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
     """The parsed command line, with environment defaults resolved and the
     global flags given before the command merged into the command's own."""
-    args = build_parser().parse_args(_help_as_flag(list(sys.argv[1:] if argv is None else argv)))
+    parser = parser or build_parser()
+    args = parser.parse_args(_help_as_flag(list(sys.argv[1:] if argv is None else argv)))
     if args.global_debug:
         args.debug = True
     if args.global_backend is not None:
@@ -95,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(False)
         get_logger("cli").error("%s", exc)
         return exc.exit_code
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command; expected failures become their exit code."""
     setup_logging(getattr(args, "debug", False))
     log = get_logger("cli")
     try:
