@@ -191,3 +191,49 @@ def test_select_notices_a_hand_edit_nobody_reloaded(node, systemd_user, monkeypa
     assert main(["select", "all-disabled"]) == 0
     assert "(unchanged)" in capsys.readouterr().out
     assert "MIG_PARTED_SELECTED_CONFIG=all-disabled" in systemd_user.prop("nvidia-mig-manager.service", "Environment")
+
+
+# --- 12.6: every command works on the persisted selection and its file ------------------------
+
+
+def _layout(capsys) -> list[list[str]]:
+    assert main(["export", "--json"]) == 0
+    return [sorted(i["profile"] for i in g["instances"]) for g in json.loads(capsys.readouterr().out)["gpus"]]
+
+
+def test_select_f_then_the_unit_run_then_status_assert_plan(node, capsys, monkeypatch):
+    custom = site(node, "custom.yaml")
+    assert main(["select", "site-layout", "-f", custom]) == 0
+    with monkeypatch.context() as unit:  # the unit: the drop-in's environment, `migmanagerd service`
+        for key, value in read_selector(node.dropin).environment.items():
+            unit.setenv(key, value)
+        assert main(["service"]) == 0
+    capsys.readouterr()
+    assert _layout(capsys) == [["2g.10gb"] * 3] * 2
+
+    assert main(["status", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["selection"] == {"config": "site-layout", "source": f"drop-in {node.dropin}", "config_file": custom}
+    assert doc["matches"] is True and doc["problems"] == []
+    assert main(["assert"]) == 0  # no -c, no -f: the persisted selection, from the persisted file
+    assert main(["plan"]) == 0
+    assert "config 'site-layout'" in capsys.readouterr().out
+
+
+def test_a_name_both_files_have_resolves_in_the_persisted_file(node, capsys):
+    custom = site(node, "custom.yaml")
+    assert main(["select", "all-balanced", "-f", custom]) == 0
+    assert main(["apply"]) == 0  # custom.yaml's all-balanced is 3g.20gb x2, the default file's is mixed
+    capsys.readouterr()
+    assert _layout(capsys) == [["3g.20gb"] * 2] * 2
+    assert main(["assert"]) == 0
+    assert main(["assert", "-f", str(node.config_file)]) == 1  # the other file's all-balanced differs
+
+
+def test_status_reports_a_dropin_systemd_ignores(node, capsys):
+    node.dropin.parent.mkdir(parents=True)
+    node.dropin.write_text('[Service] # chosen by the fleet tool\nEnvironment="MIG_PARTED_SELECTED_CONFIG=all-balanced"\n')
+    assert main(["status", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["selection"]["config"] is None
+    assert any("invalid section header" in p for p in doc["problems"])

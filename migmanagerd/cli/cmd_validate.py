@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from migmanagerd.catalog.load import Catalog, load_catalog
 from migmanagerd.catalog.model import GpuModel
 from migmanagerd.cli.common import add_config_file, add_debug, add_hooks_file
+from migmanagerd.cli.persisted_args import fill_from_persisted
 from migmanagerd.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from migmanagerd.log import get_logger
 from migmanagerd.planner.node import admits, fits_model, missing_indices
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         _print_models(catalog)
         return EXIT_OK
     models = [_find_model(catalog, text) for text in args.gpu]
+    fill_from_persisted(args)
     config_file = load_config(args.config_file)
     if args.hooks_file:
         load_hooks(args.hooks_file)

@@ -71,17 +71,13 @@ def add_backend(p: argparse.ArgumentParser) -> None:
     )
 
 
-def default_config_file() -> str:
-    """env MIG_PARTED_CONFIG_FILE, else the node's path (under MIGMANAGERD_ROOT when set)."""
-    from migmanagerd.service.paths import NodePaths
-
-    return os.environ.get("MIG_PARTED_CONFIG_FILE") or str(NodePaths.from_env().config_file)
-
-
 def add_config_file(p: argparse.ArgumentParser) -> None:
+    # None until cli/persisted_args.py fills it: the file a command uses
+    # without -f is the one the boot uses (env, then the unit's drop-in)
     p.add_argument(
-        "-f", "--config-file", default=default_config_file(),
-        help=f"MIG config file (env MIG_PARTED_CONFIG_FILE; default {DEFAULT_CONFIG_FILE})",
+        "-f", "--config-file", default=None,
+        help="MIG config file, '-' for standard input (env MIG_PARTED_CONFIG_FILE; default: the file the "
+        f"unit's drop-in names, else {DEFAULT_CONFIG_FILE})",
     )
 
 
