@@ -12,6 +12,7 @@ import json
 
 from migmanagerd.apply.report import GpuResult
 from migmanagerd.cli.cmd_service import add_run_options, options_from_args
+from migmanagerd.spec.config import STDIN_PATH
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     # the peer's apply never changes what the next boot applies
     persist = getattr(args, "persist_selection", None)
     if persist is None:
-        persist = args.selected_config is not None
+        # a config read from standard input cannot be read again at boot
+        persist = args.selected_config is not None and args.config_file != STDIN_PATH
     service = ServiceRun(options_from_args(args, persist_selection=persist))
     outcome = service.run()
     gpus = gpu_results(service.report)
