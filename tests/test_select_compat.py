@@ -227,7 +227,10 @@ def test_a_name_both_files_have_resolves_in_the_persisted_file(node, capsys):
     capsys.readouterr()
     assert _layout(capsys) == [["3g.20gb"] * 2] * 2
     assert main(["assert"]) == 0
-    assert main(["assert", "-f", str(node.config_file)]) == 1  # the other file's all-balanced differs
+    # another file: its own all-balanced differs; the persisted name is no fallback there
+    assert main(["assert", "-f", str(node.config_file), "-c", "all-balanced"]) == 1
+    assert main(["assert", "-f", str(node.config_file)]) == 2
+    assert "no config selected" in capsys.readouterr().err
 
 
 def test_status_reports_a_dropin_systemd_ignores(node, capsys):

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     persisted = fill_from_persisted(args)
-    _, config = load_selection(args, fallback=lambda: persisted.name)
+    _, config = load_selection(args, fallback=lambda: persisted.fallback)
     if args.valid_config:
         print(f"config '{config.name}' is valid")
         return EXIT_OK

@@ -75,7 +75,7 @@ def format_plan(plan) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     persisted = fill_from_persisted(args)
-    _, config = load_selection(args, fallback=lambda: persisted.name)
+    _, config = load_selection(args, fallback=lambda: persisted.fallback)
     engine = open_engine(args)
     try:
         plan = engine.plan(config, mode_only=args.mode_only)

@@ -61,7 +61,8 @@ def options_from_args(args: argparse.Namespace, *, persist_selection: bool):
     return ServiceOptions(
         config_file=args.config_file,
         hooks_file=args.hooks_file,
-        selected_config=args.selected_config or persisted.name,
+        selected_config=args.selected_config or persisted.fallback,
+        name_fallback=persisted.applies,
         mode_only=args.mode_only,
         skip_reset=args.skip_reset,
         allow_reboot=not args.no_reboot,

@@ -6,12 +6,8 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from migmanagerd.default_paths import DEFAULT_CONFIG_FILE, DEFAULT_HOOKS_FILE
 from migmanagerd.errors import UsageError
-
-DEFAULT_CONFIG_FILE = "/etc/nvidia-mig-manager/config.yaml"
-DEFAULT_HOOKS_FILE = "/etc/nvidia-mig-manager/hooks.yaml"
-DEFAULT_CLIENTS_FILE = "/etc/nvidia-mig-manager/clients.yaml"
-
 
 # Go's strconv.ParseBool, which nvidia-mig-parted's flag library applies to
 # MIG_PARTED_* booleans; an empty value is false there too.
@@ -93,10 +89,6 @@ def add_selected_config(p: argparse.ArgumentParser, *, required: bool = False) -
         "-c", "--selected-config", default=None, required=required,
         help="config name to use (else env MIG_PARTED_SELECTED_CONFIG, else the last applied one)",
     )
-
-
-def env_selected_config() -> str | None:
-    return os.environ.get("MIG_PARTED_SELECTED_CONFIG") or None
 
 
 def add_mode_only(p: argparse.ArgumentParser, what: str) -> None:

@@ -26,6 +26,14 @@ class Persisted:
     config_file: str | None  # None: the default path
     hooks_file: str | None  # None: the default path, if it exists
     problem: str | None = None  # the drop-in could not be read, or systemd reads it differently
+    # False when the command works on another config file (-f): then ``name``
+    # belongs to a different file and is no fallback for a missing -c
+    applies: bool = True
+
+    @property
+    def fallback(self) -> str | None:
+        """The name to use when no -c is given, or None."""
+        return self.name if self.applies else None
 
 
 def persisted_selection(

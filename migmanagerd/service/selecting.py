@@ -20,6 +20,8 @@ from typing import Any
 
 from migmanagerd.errors import MigManagerError, UsageError
 from migmanagerd.log import get_logger
+from migmanagerd.service.inputs import load_inputs
+from migmanagerd.service.options import ServiceOptions
 from migmanagerd.service.paths import NodePaths
 from migmanagerd.service.selector import OWNED_VARS, read_selector, validate_config_name, write_selector
 from migmanagerd.service.state import StateStore
@@ -73,11 +75,10 @@ def _check_boot_inputs(name: str, config_file: str | None, hooks_file: str | Non
     from migmanagerd.apply.nodeplan import require_feasible
     from migmanagerd.catalog.load import load_catalog
     from migmanagerd.gpu.factory import open_backend
-    from migmanagerd.service.run import ServiceOptions, ServiceRun
 
     # the boot's own loader, so select and the boot cannot disagree
-    boot = ServiceRun(ServiceOptions(config_file=config_file, hooks_file=hooks_file, selected_config=name), paths)
-    _, config, *_ = boot._load_inputs(None)  # noqa: SLF001 - one loader for both, see core's inputs split
+    opts = ServiceOptions(config_file=config_file, hooks_file=hooks_file, selected_config=name)
+    config = load_inputs(opts, paths, None).config
     if not check_fit:
         return
     engine = ApplyEngine(open_backend(backend))
