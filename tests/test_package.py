@@ -183,7 +183,7 @@ def test_installed_nvidia_mig_parted_follows_the_peers_contract(built, tmp_path)
 def test_package_replaces_nvidia_mig_manager(built):
     control = (built.control / "control").read_text()
     for field in ("Provides", "Conflicts", "Replaces"):
-        line = next(l for l in control.splitlines() if l.startswith(f"{field}:"))
+        line = next(x for x in control.splitlines() if x.startswith(f"{field}:"))
         assert "nvidia-mig-manager" in line.split(":", 1)[1], line
     assert (built.root / "usr/share/man/man8/nvidia-mig-parted.8.gz").is_file()
 
