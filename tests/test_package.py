@@ -41,6 +41,8 @@ CONFFILES = {f"/etc/nvidia-mig-manager/{name}" for name in SHIPPED_CONFIG} | {
     "/etc/systemd/system/nvidia-mig-manager.service.d/override.conf",
 }
 MAINTAINER_SCRIPTS = ("preinst", "postinst", "prerm", "postrm")
+# Set per test by tests/conftest.py; every run of the installed program carries them.
+ISOLATION_VARS = ("MIGMANAGERD_ROOT", "DBUS_SYSTEM_BUS_ADDRESS")
 
 
 def test_changelog_version_is_the_package_version():
@@ -74,10 +76,22 @@ class Built:
         return self.root / "usr/lib/python3/dist-packages"
 
     def run_installed(self, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
-        """Run the installed /usr/bin/migmanagerd with the installed modules only."""
-        env = {"PATH": SYSTEM_PATH, "PYTHONPATH": str(self.dist_packages), "LANG": "C.UTF-8", **extra_env}
+        """Run the installed /usr/bin/migmanagerd with the installed modules only,
+        inside the test's throwaway node root (tests/conftest.py): a clean
+        environment must not drop the isolation, or `apply -c` writes this
+        machine's drop-in and state and reloads its systemd."""
+        env = {"PATH": SYSTEM_PATH, "PYTHONPATH": str(self.dist_packages), "LANG": "C.UTF-8",
+               **isolation_env(), **extra_env}
         return subprocess.run([SYSTEM_PYTHON, str(self.root / "usr/bin/migmanagerd"), *args],
                               capture_output=True, text=True, env=env, cwd=self.work)
+
+
+def isolation_env() -> dict[str, str]:
+    """The variables that keep a run off this machine's node files and system bus."""
+    env = {name: os.environ.get(name, "") for name in ISOLATION_VARS}
+    missing = [name for name, value in env.items() if not value]
+    assert not missing, f"tests/conftest.py's isolation is not in effect: {missing} unset"
+    return env
 
 
 def _copy_tracked_files(dest: Path) -> None:
@@ -156,6 +170,9 @@ def test_installed_migmanagerd_applies_a_shipped_config_on_the_simulator(built, 
         assert proc.returncode == 0, f"{args}: {proc.stdout}{proc.stderr}"
     proc = built.run_installed("assert", "--backend", "sim", "-f", config, "-c", "all-disabled", **env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
+    # `apply -c` selected the config in the node's drop-in: the test's node root, not this machine's
+    drop_in = Path(os.environ["MIGMANAGERD_ROOT"], "etc/systemd/system", f"{UNIT}.d", "override.conf")
+    assert "all-1g.5gb" in drop_in.read_text()
 
 
 def test_launcher_searches_the_operators_nvidia_ml_py_directory_last(built):
@@ -203,7 +220,7 @@ def test_shipped_config_files_are_the_projects(built):
 
 def test_state_dir_is_root_only(built):
     listing = subprocess.run(["dpkg-deb", "-c", str(built.deb)], capture_output=True, text=True, check=True).stdout
-    line = next(l for l in listing.splitlines() if l.rstrip().endswith("./var/lib/nvidia-mig-manager/"))
+    line = next(ln for ln in listing.splitlines() if ln.rstrip().endswith("./var/lib/nvidia-mig-manager/"))
     assert line.split()[:2] == ["drwx------", "root/root"], line
     assert stat.S_IMODE((built.root / "var/lib/nvidia-mig-manager").stat().st_mode) == 0o700
 
@@ -220,7 +237,7 @@ def test_conffiles_are_the_etc_files(built):
 
 def test_depends_on_the_debian_python_modules(built):
     control = (built.control / "control").read_text()
-    depends = next(l for l in control.splitlines() if l.startswith("Depends:"))
+    depends = next(ln for ln in control.splitlines() if ln.startswith("Depends:"))
     for pkg in ("python3-pydbus", "python3-gi", "python3-yaml", "python3-sdnotify", "python3:any"):
         assert re.search(rf"(^|[ ,]){re.escape(pkg)}($|[ ,(])", depends.split(":", 1)[1]), depends
     assert "nvidia" not in depends  # not in Debian; see docs/packaging.md
@@ -274,7 +291,7 @@ def test_maintainer_scripts_contain_no_unit_start_stop_or_restart(built):
     for script in MAINTAINER_SCRIPTS:
         path = built.control / script
         if path.exists():
-            hits = [l.strip() for l in path.read_text().splitlines() if UNIT_ACTION.search(l)]
+            hits = [ln.strip() for ln in path.read_text().splitlines() if UNIT_ACTION.search(ln)]
             if hits:
                 found[script] = hits
     assert not found
@@ -346,5 +363,5 @@ def test_lintian_reports_no_errors(built):
         pytest.skip("lintian is not installed: cannot lint the package")
     proc = subprocess.run(["lintian", "--fail-on", "error", str(built.deb)],
                           capture_output=True, text=True, env={"PATH": SYSTEM_PATH, "HOME": str(built.work)})
-    errors = [l for l in proc.stdout.splitlines() if l.startswith("E:")]
+    errors = [ln for ln in proc.stdout.splitlines() if ln.startswith("E:")]
     assert not errors and proc.returncode == 0, proc.stdout + proc.stderr
