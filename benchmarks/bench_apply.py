@@ -50,7 +50,8 @@ TRANSITIONS = [
     ("all-balanced", "all-3g.20gb"),
 ]
 WALL_TARGET = 1.15
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "mig-parted" / "config-default.yaml"
+# the shipped config: its all-* configs are what a node applies
+SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 # The simulator saves its state with fsync under a node-wide lock after every
 # write; on tmpfs that costs microseconds, on a disk milliseconds that would be
 # charged to the engine. Real GPUs have no such shared lock.
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every latency (default 1.0)")
     ap.add_argument("--gpus", type=int, default=8, help="A100-SXM4-40GB GPUs in the node (default 8)")
-    ap.add_argument("--config", type=Path, default=VECTORS, help="config file with the all-* configs")
+    ap.add_argument("--config", type=Path, default=SHIPPED_CONFIG, help="config file with the all-* configs")
     args = ap.parse_args(argv)
     rows = run(args.scale, args.gpus, args.config)
     lat = ", ".join(f"{k}={v * args.scale:g}s" for k, v in LATENCY.items())
