@@ -39,7 +39,7 @@ test: test-deps
 	$(VPY) -m pytest -q
 
 demo: deps
-	$(VPY) -m migmanagerd.demo
+	$(VPY) -m demo
 
 bench: deps
 	$(VPY) benchmarks/run_all.py

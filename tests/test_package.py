@@ -13,10 +13,12 @@ import re
 import shutil
 import stat
 import subprocess
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import setuptools
 
 from migmanagerd import __version__
 
@@ -210,6 +212,22 @@ def test_package_installs_units_man_page_completion_and_config(built):
     assert os.access(built.root / "usr/bin/migmanagerd", os.X_OK)
     # units live only under /usr/lib: lib/ was a staging place for dh_installsystemd
     assert not (built.root / "lib").exists()
+
+
+def test_package_holds_no_demo(built):
+    """The demo (demo/) runs from a checkout only; neither the .deb nor the wheel carries it."""
+    listing = subprocess.run(["dpkg-deb", "-c", str(built.deb)], capture_output=True, text=True, check=True).stdout
+    paths = [line.split()[-1] for line in listing.splitlines()]
+    assert not [p for p in paths if re.search(r"/(demo|usermanager)(/|\.py$)", p)]
+    assert (built.dist_packages / "migmanagerd").is_dir() and not (built.dist_packages / "demo").exists()
+
+
+def test_wheel_packages_are_migmanagerds_only():
+    """What `[tool.setuptools.packages.find]` puts in the wheel (and pybuild in the .deb)."""
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = setuptools.find_packages(str(ROOT), include=find["include"], exclude=find.get("exclude", ()))
+    assert "migmanagerd" in packages and "migmanagerd.cli" in packages
+    assert [p for p in packages if p.split(".")[0] != "migmanagerd" or ".demo" in p] == []
 
 
 def test_shipped_config_files_are_the_projects(built):

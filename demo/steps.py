@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from migmanagerd.demo.node import (
+from demo.node import (
     CLIENTS,
     GPU_HOLDER,
     SERVICE,
@@ -30,7 +30,7 @@ from migmanagerd.demo.node import (
     DemoNode,
     missing_checkout_files,
 )
-from migmanagerd.demo.usermanager import CGROUP_PREFIX, ManagerError, UserManager, clean_environ, missing_requirement
+from demo.usermanager import CGROUP_PREFIX, ManagerError, UserManager, clean_environ, missing_requirement
 
 CLI_TIMEOUT_S = 60.0
 UNIT_TIMEOUT_S = 90.0  # one start/restart of the unit (the sim applies in seconds)
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     out("=" * 78)
     out("SUMMARY")
     if demo is not None:
-        for n, title, ok, detail in demo.results:
+        for n, title, ok, _detail in demo.results:
             out(f"step {n}: {'OK    ' if ok else 'FAILED'} {title}")
     if base.exists():
         left.append(str(base))
