@@ -5,7 +5,7 @@ Real systemd for tests
 
 ``systemd_user`` (function scope) gives a test a REAL systemd user manager on a
 private D-Bus bus (one manager per test session, started on first use; see
-tests/systemd_harness.py and /work/shared/docs/real-systemd-testing.md).
+tests/systemd_harness.py and demo/usermanager.py).
 The object it yields has:
 
 * ``env: dict[str, str]`` — DBUS_SYSTEM_BUS_ADDRESS, DBUS_SESSION_BUS_ADDRESS,

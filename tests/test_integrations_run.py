@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from migmanagerd.clients.systemd import SystemdError
 from migmanagerd.integrations.layout import GpuLayout, MigDeviceInfo, NodeLayout, RunSummary
 from migmanagerd.integrations.run import make_slurm_drain, run_integrations
 from migmanagerd.integrations.settings import parse_integrations
@@ -135,7 +136,7 @@ def test_slurmd_not_running_is_not_restarted(tmp_path, monkeypatch):
 def test_slurmd_restart_failure_keeps_node_drained(tmp_path, monkeypatch):
     node = Node(tmp_path, monkeypatch)
     make_slurm_drain(node.settings, unit_active=node.unit_active).before_change("half-3g")
-    node.restart_error = RuntimeError("Unit slurmd.service failed")
+    node.restart_error = SystemdError("Unit slurmd.service failed")
     report = node.run(OK)
     assert report["slurm"]["status"] == "failed"
     assert report["slurm"]["error"] == "restart of slurmd.service failed: Unit slurmd.service failed"

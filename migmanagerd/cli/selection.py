@@ -1,6 +1,6 @@
 """Which config file and which config in it a command works on.
 
-Precedence (architecture.md, "Selection precedence"): ``-c/--selected-config``
+Precedence (README.md, "Selecting a config and applying it"): ``-c/--selected-config``
 > env ``MIG_PARTED_SELECTED_CONFIG`` > a caller-supplied fallback (the service
 passes the name recorded in state.json) > the file's only config, as
 nvidia-mig-parted does > a usage error. An unknown name is a usage error that

@@ -5,8 +5,8 @@ by UUID, so any created or destroyed instance makes it stale. The preferred way
 is to restart ``nvidia-cdi-refresh.service`` where the toolkit ships it. That
 unit is ordered after nvidia-gpu-reset.target on real nodes, and this service
 runs before that target, so waiting for the restart from inside it would wait
-forever: the restart is only enqueued (the lead's ``enqueue_restart`` returns
-at once) and systemd runs it once this unit is done. Without the unit, an
+forever: the restart is only enqueued (the systemd client's ``enqueue_restart``
+returns at once) and systemd runs it once this unit is done. Without the unit, an
 operator-configured command runs here, with a timeout.
 """
 

@@ -77,7 +77,10 @@ def apply_slurm(
                 try:
                     restart_unit(unit)
                     report["slurmd"] = "restarted"
-                except Exception as exc:  # the lead's systemd client raises its own types
+                # the systemd client raises SystemdError (a MigManagerError); anything
+                # else is a bug and fails the whole integration (run._guarded), which
+                # leaves the node drained as well
+                except (MigManagerError, OSError) as exc:
                     failure = f"restart of {unit} failed: {exc}"
     if failure:
         log.warning("slurm: %s", failure)

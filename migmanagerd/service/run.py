@@ -1,6 +1,6 @@
 """One boot-time run: converge the node to the selected MIG config.
 
-The order of a run (issue: "the boot-time service"):
+The order of a run:
 
 0. take the run lock (``<state dir>/run.lock``): one run at a time, so no
    run mistakes another live run's journal for a crashed one's;
