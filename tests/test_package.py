@@ -261,6 +261,53 @@ def test_depends_on_the_debian_python_modules(built):
     assert "nvidia" not in depends  # not in Debian; see docs/packaging.md
 
 
+def test_recommends_bash_completion(built):
+    """Without bash-completion the shipped completion file is never loaded."""
+    control = (built.control / "control").read_text()
+    recommends = next((ln for ln in control.splitlines() if ln.startswith("Recommends:")), "Recommends:")
+    assert re.search(r"(^|[ ,])bash-completion($|[ ,(])", recommends.split(":", 1)[1]), control
+
+
+def test_installed_metadata_names_the_license(built):
+    metadata = built.dist_packages / f"migmanagerd-{__version__}.dist-info" / "METADATA"
+    assert "License: Apache-2.0" in metadata.read_text().splitlines()
+
+
+def test_license_is_not_the_deprecated_table():
+    """setuptools >= 77 deprecates `license = {text = ...}` (an error after 2027-02-18)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not isinstance(project.get("license"), dict), project.get("license")
+    assert "license" in project or "license" in project.get("dynamic", [])
+
+
+def test_debians_setuptools_reads_the_license_without_a_warning(tmp_path):
+    """setuptools 66 (bookworm) builds the .deb: the metadata must not use a form it rejects
+    (the SPDX string, setuptools >= 77) nor one it warns about."""
+    src, meta = tmp_path / "src", tmp_path / "meta"
+    src.mkdir()
+    meta.mkdir()
+    for name in ("pyproject.toml", "setup.cfg", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(ROOT / "migmanagerd", src / "migmanagerd", ignore=shutil.ignore_patterns("__pycache__"))
+    probe = (
+        "import sys, warnings\n"
+        "warnings.simplefilter('error')\n"
+        "# setuptools 66 says so of every [tool.setuptools] table; not about the license\n"
+        "warnings.filterwarnings('ignore', message='Support for .*tool.setuptools.* is still .beta')\n"
+        "import setuptools.build_meta as b\n"
+        "out = sys.argv[1]  # setup() rewrites sys.argv\n"
+        "d = b.prepare_metadata_for_build_wheel(out)\n"
+        "with open(f'{out}/{d}/METADATA') as f:\n"
+        "    print(f.read())\n"
+    )
+    proc = subprocess.run([SYSTEM_PYTHON, "-c", probe, str(meta)], cwd=src, capture_output=True,
+                          text=True, env={"PATH": SYSTEM_PATH, "HOME": str(tmp_path), "LANG": "C.UTF-8"})
+    if proc.returncode != 0 and "No module named 'setuptools'" in proc.stderr:
+        pytest.skip("python3-setuptools is not installed")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "License: Apache-2.0" in proc.stdout.splitlines()
+
+
 def _installed_commands(built: Built) -> list[str]:
     probe = (
         "import argparse\n"
