@@ -167,6 +167,20 @@ def test_unexpected_exception_in_a_callable_is_contained(tmp_path, monkeypatch):
     assert report["slurm"]["status"] == "ok"
 
 
+def test_a_bug_in_an_integration_is_contained_and_logged_with_its_traceback(tmp_path, monkeypatch, caplog):
+    node = Node(tmp_path, monkeypatch)
+
+    def buggy(unit):
+        raise KeyError("no such key")
+    with caplog.at_level("WARNING", logger="migmanagerd"):
+        report = run_integrations(node.settings, LAYOUT, OK, restart_unit=node.restart_unit,
+                                  enqueue_restart=buggy, unit_exists=node.unit_exists, unit_active=node.unit_active)
+    assert report["cdi"] == {"enabled": True, "status": "failed", "error": "'no such key'"}
+    assert report["slurm"]["status"] == "ok"
+    bug = [r for r in caplog.records if "cdi integration failed unexpectedly" in r.getMessage()]
+    assert bug and bug[0].levelname == "ERROR" and bug[0].exc_info is not None
+
+
 def test_all_disabled_does_nothing():
     settings = parse_integrations("", "integrations.yaml")
     report = run_integrations(settings, LAYOUT, OK, restart_unit=pytest.fail, enqueue_restart=pytest.fail,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from migmanagerd.integrations.settings import CdiSettings
 from migmanagerd.log import get_logger
@@ -54,9 +55,9 @@ def perform_cdi_action(
     settings: CdiSettings,
     *,
     enqueue_restart: Callable[[str], None],
-    run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
-) -> dict:
-    report: dict = {"action": action.kind, "reason": action.reason}
+    run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
+) -> dict[str, Any]:
+    report: dict[str, Any] = {"action": action.kind, "reason": action.reason}
     if action.kind == RESTART_UNIT:
         assert action.unit is not None
         enqueue_restart(action.unit)
