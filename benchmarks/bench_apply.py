@@ -28,8 +28,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from migmanagerd.apply.engine import ApplyEngine
+from migmanagerd.apply.nodeplan import NodePlan
 from migmanagerd.catalog.load import load_catalog
 from migmanagerd.gpu.sim import SimBackend, init_node
 from migmanagerd.gpu.sim_faults import LATENCY_ENV
@@ -58,7 +60,7 @@ SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 STATE_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
-def clear_and_recreate_ops(engine: ApplyEngine, plan) -> int:
+def clear_and_recreate_ops(engine: ApplyEngine, plan: NodePlan) -> int:
     """Writes a strategy that empties every selected GPU and builds the target from scratch needs."""
     total = 0
     for entry in plan.gpus:
@@ -79,7 +81,7 @@ def clear_and_recreate_ops(engine: ApplyEngine, plan) -> int:
     return total
 
 
-def run(scale: float, gpus: int, config_path: Path) -> list[dict]:
+def run(scale: float, gpus: int, config_path: Path) -> list[dict[str, Any]]:
     catalog = load_catalog()
     configs = load_config(config_path).configs
     rows = []

@@ -33,6 +33,7 @@ which are removed.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -218,13 +219,14 @@ class UserManager:
         """Stop the manager (it stops its units, the bus among them), then
         anything recorded that is still the same process; never by name.
         Returns what is still left (empty when everything is gone)."""
-        if self._proc is not None and self._proc.poll() is None:
-            terminate(self._proc.pid, lambda: self._proc.poll() is not None)
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            terminate(proc.pid, lambda: proc.poll() is not None)
         for pid, started in list(self._seen.items()):
-            if self._proc is not None and pid == self._proc.pid:
+            if proc is not None and pid == proc.pid:
                 continue
             if start_time(pid) == started:
-                terminate(pid, lambda pid=pid, started=started: start_time(pid) != started or not alive(pid))
+                terminate(pid, functools.partial(_gone, pid, started))
         remove_cgroups(self.root.name, self.cgroup_prefix)
         left = [f"pid {pid}" for pid, started in self._seen.items() if start_time(pid) == started and alive(pid)]
         left += [str(d) for d in cgroup_dirs(self.root.name)]
@@ -274,6 +276,11 @@ class UserManager:
         started = start_time(pid)
         if started:
             self._seen.setdefault(pid, started)
+
+
+def _gone(pid: int, started: str) -> bool:
+    """Whether the process recorded as (``pid``, ``started``) has exited."""
+    return start_time(pid) != started or not alive(pid)
 
 
 def _die_with_parent() -> None:

@@ -121,7 +121,7 @@ def option_synopsis(opt: Option) -> str:
             core += " ..."
         return core if opt.required else f"[{core}]"
     core = flag(opt.flags[0])
-    if opt.takes_value:
+    if opt.metavar is not None:  # takes a value
         core += " " + arg(opt.metavar)
     return core if opt.required else f"[{core}]"
 
@@ -131,7 +131,7 @@ def option_item(opt: Option) -> list[str]:
         head = arg(opt.metavar or opt.dest)
     else:
         head = ", ".join(flag(f) for f in opt.flags)
-        if opt.takes_value:
+        if opt.metavar is not None:  # takes a value
             head += " " + arg(opt.metavar)
     body = roff(opt.help) if opt.help else "(undocumented)"
     if opt.choices and opt.takes_value and "{" not in (opt.metavar or ""):
