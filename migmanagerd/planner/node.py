@@ -8,7 +8,7 @@ reported against the entry before anything on the node is touched.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -76,6 +76,18 @@ def _indices_text(gpus: Sequence[GpuSlot]) -> str:
     return "this node has GPU" + ("s " if len(idx) > 1 else " ") + ", ".join(map(str, idx))
 
 
+def _warn_missing_indices(entry: ConfigEntry, by_index: Mapping[int, GpuSlot], gpus: Sequence[GpuSlot]) -> None:
+    """nvidia-mig-parted skips indices a node lacks, so one config file can
+    serve a whole cluster (NVIDIA's example custom-config names GPUs 0-7);
+    so do we, saying which. `validate --gpu-count` flags them before a rollout."""
+    missing = missing_indices(entry, by_index)
+    if missing:
+        log.warning(
+            "%s: devices: GPU index%s %s not on this node (%s); left out",
+            entry.where, "es" if len(missing) > 1 else "", ", ".join(map(str, missing)), _indices_text(gpus),
+        )
+
+
 def resolve_config(config: MigConfig, gpus: Sequence[GpuSlot]) -> dict[int, GpuTarget]:
     """The target of every GPU some entry of ``config`` selects, keyed by GPU index."""
     by_index = {g.index: g for g in gpus}
@@ -84,15 +96,7 @@ def resolve_config(config: MigConfig, gpus: Sequence[GpuSlot]) -> dict[int, GpuT
     for entry in config.entries:
         ctx = _context(entry)
         explicit = entry.devices != "all"
-        missing = missing_indices(entry, by_index)
-        if missing:
-            # nvidia-mig-parted skips indices a node lacks, so one config file
-            # can serve a whole cluster (NVIDIA's example custom-config names
-            # GPUs 0-7); `validate --gpu-count` flags them before a rollout
-            log.warning(
-                "%s: devices: GPU index%s %s not on this node (%s); left out",
-                entry.where, "es" if len(missing) > 1 else "", ", ".join(map(str, missing)), _indices_text(gpus),
-            )
+        _warn_missing_indices(entry, by_index, gpus)
         for gpu in sorted(gpus, key=lambda g: g.index):
             if not entry.selects(gpu.index, gpu.pci_device_id, gpu.pci_subsystem_id):
                 continue
