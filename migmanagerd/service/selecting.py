@@ -18,7 +18,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from migmanagerd.apply.coverage import require_selects_gpu
+from migmanagerd.apply.engine import ApplyEngine
+from migmanagerd.apply.nodeplan import require_feasible
+from migmanagerd.catalog.load import load_catalog
+from migmanagerd.clients.systemd import SystemdManager
 from migmanagerd.errors import MigManagerError, UsageError
+from migmanagerd.gpu.factory import open_backend
 from migmanagerd.log import get_logger
 from migmanagerd.service.inputs import load_inputs
 from migmanagerd.service.options import ServiceOptions
@@ -70,12 +76,6 @@ def _check_boot_inputs(name: str, config_file: str | None, hooks_file: str | Non
                        check_fit: bool, backend: str | None) -> None:
     """Load every file the boot loads, as the boot loads it (trust checks
     included), and plan the config against this node."""
-    from migmanagerd.apply.coverage import require_selects_gpu
-    from migmanagerd.apply.engine import ApplyEngine
-    from migmanagerd.apply.nodeplan import require_feasible
-    from migmanagerd.catalog.load import load_catalog
-    from migmanagerd.gpu.factory import open_backend
-
     # the boot's own loader, so select and the boot cannot disagree
     opts = ServiceOptions(config_file=config_file, hooks_file=hooks_file, selected_config=name)
     config = load_inputs(opts, paths, None).config
@@ -108,9 +108,7 @@ def select_config(
     return _reload_and_confirm(result, connect_systemd or _default_connect)
 
 
-def _default_connect() -> Any:
-    from migmanagerd.clients.systemd import SystemdManager
-
+def _default_connect() -> SystemdManager:
     return SystemdManager.connect()
 
 
