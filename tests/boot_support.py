@@ -46,7 +46,15 @@ BASE_PACKAGES = (
 # Part of the cache key: change it when the way the base is made changes.
 BASE_RECIPE = "1"
 CGROUP_FS = Path("/sys/fs/cgroup")
-CGROUP_HIERARCHIES = ("systemd", "unified")
+
+
+def cgroup_bases() -> tuple[Path, ...]:
+    """Where the launcher needs a cgroup of its own: the named systemd and the
+    unified hierarchy on a hybrid host (verified on the build machines), the
+    one tree on a host with cgroup v2 only (not verified here)."""
+    if (CGROUP_FS / "cgroup.controllers").exists():
+        return (CGROUP_FS,)
+    return (CGROUP_FS / "systemd", CGROUP_FS / "unified")
 CGROUP_PREFIX = "migmanagerd-boot-"
 COMMAND_TIMEOUT_S = 60.0
 BOOT_TIMEOUT_S = 120.0
@@ -80,9 +88,9 @@ def missing_requirement() -> str | None:
                           ("nsenter", "util-linux"), ("chroot", "coreutils"), ("dpkg-deb", "dpkg")):
         if shutil.which(tool, path=SYSTEM_PATH) is None:
             return f"{tool} not found (apt-get install {package})"
-    for hierarchy in CGROUP_HIERARCHIES:
-        if not (CGROUP_FS / hierarchy / "cgroup.procs").exists():
-            return f"no cgroup hierarchy at {CGROUP_FS / hierarchy} (the launcher needs a cgroup of its own there)"
+    for base in cgroup_bases():
+        if not (base / "cgroup.procs").exists():
+            return f"no cgroup hierarchy at {base} (the launcher needs a cgroup of its own there)"
     return None
 
 
@@ -190,7 +198,7 @@ def with_version(deb: Path, version: str, out: Path, unit_comment: str = "") -> 
 
 _LAUNCHER = """\
 # $1 cgroup name, $2 machine name, $3 root, $4 boots log, $5 console log, $6 most boots
-for h in {hierarchies}; do echo $$ > {cgroup_fs}/$h/$1/cgroup.procs || exit 90; done
+for base in {bases}; do echo $$ > "$base/$1/cgroup.procs" || exit 90; done
 n=0
 while [ "$n" -lt "$6" ]; do
     n=$((n + 1))
@@ -246,10 +254,10 @@ class Container:
 
     def boot(self, max_boots: int = 4) -> None:
         """Start the launcher; returns at once (see wait_booted)."""
-        for h in CGROUP_HIERARCHIES:
-            (CGROUP_FS / h / self.cgroup).mkdir(exist_ok=True)
+        for base in cgroup_bases():
+            (base / self.cgroup).mkdir(exist_ok=True)
         script = self.work / "launch.sh"
-        script.write_text(_LAUNCHER.format(hierarchies=" ".join(CGROUP_HIERARCHIES), cgroup_fs=CGROUP_FS,
+        script.write_text(_LAUNCHER.format(bases=" ".join(str(b) for b in cgroup_bases()),
                                            reboot=EXIT_REBOOT, lifetime=BOOT_LIFETIME_S))
         self.launcher = subprocess.Popen(
             ["sh", str(script), self.cgroup, self.name, str(self.root), str(self.boots_log),
@@ -384,8 +392,8 @@ def _children(pid: int) -> list[int]:
 
 def _cgroup_pids(name: str) -> set[int]:
     pids: set[int] = set()
-    for h in CGROUP_HIERARCHIES:
-        tree = CGROUP_FS / h / name
+    for base in cgroup_bases():
+        tree = base / name
         if tree.is_dir():
             for procs in tree.rglob("cgroup.procs"):
                 with contextlib.suppress(OSError, ValueError):
@@ -412,8 +420,8 @@ def _remove_cgroup(name: str) -> None:
     """nspawn leaves empty payload/ and supervisor/ sub-cgroups: depth first."""
     if not name.startswith(CGROUP_PREFIX):
         return
-    for h in CGROUP_HIERARCHIES:
-        tree = CGROUP_FS / h / name
+    for base in cgroup_bases():
+        tree = base / name
         if not tree.is_dir():
             continue
         for d in sorted((d for d in tree.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)) + [tree]:
@@ -423,8 +431,7 @@ def _remove_cgroup(name: str) -> None:
 
 def leftover_cgroups() -> list[str]:
     out = []
-    for h in CGROUP_HIERARCHIES:
-        base = CGROUP_FS / h
+    for base in cgroup_bases():
         if base.is_dir():
             out.extend(str(d) for d in base.glob(CGROUP_PREFIX + "*"))
     return out
