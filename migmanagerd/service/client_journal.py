@@ -58,6 +58,7 @@ class ClientJournal:
                 report = controller.stop([unit])
             except StopFailed as exc:
                 self._settle(unit, exc.report.restart)
+                self.stopped_count += len(stopped) + len(exc.report.stopped)
                 raise
             self._settle(unit, report.restart)
             stopped.extend(report.stopped)
@@ -107,6 +108,8 @@ class ClientJournal:
         An enabled unit that was not running (at boot: not started yet) was
         never stopped: the boot starts it, so it leaves the journal, and the
         next run does not warn about clients left stopped when none were."""
+        # self.stopped is kept: should the reboot request fail, the run
+        # starts them all after all (ServiceRun._request_reboot)
         manager = self.systemd.get()
         enabled = []
         for unit in self.stopped:
@@ -119,8 +122,7 @@ class ClientJournal:
                 pass  # unknown: keeping it journaled is the safe side
         if enabled:
             self.store.record_started(enabled)
-            self.stopped = [u for u in self.stopped if u not in enabled]
-        if not self.stopped:
+        if all(u in enabled for u in self.stopped):
             self.store.end_journal()
 
     def _controller(self) -> ClientController:
