@@ -275,46 +275,16 @@ class ServiceRun:
 
     def _load_inputs(self, state_selection: str | None):
         from migmanagerd.cli.selection import pick_config, selected_name
-        from migmanagerd.spec.config import load_config
-        from migmanagerd.spec.trust import check_trusted
+        from migmanagerd.service import trusted_files
 
         config_path = self.opts.config_file or str(self.paths.config_file)
-        check_trusted(config_path, "config file")
-        config_file = load_config(config_path)
+        config_file = trusted_files.load_trusted_config(config_path)
         name = selected_name(self.opts.selected_config, config_file, fallback=lambda: state_selection)
         config = pick_config(config_file, name)
-        hooks = self._load_hooks()
-        clients = self._load_clients()
-        integrations = self._load_integrations()
+        hooks = trusted_files.load_trusted_hooks(self.opts.hooks_file, self.paths.hooks_file)
+        clients = trusted_files.load_trusted_clients(self.paths.clients_file)
+        integrations = trusted_files.load_trusted_integrations(self.paths.integrations_file)
         return name, config, hooks, clients, integrations
-
-    def _load_hooks(self):
-        from migmanagerd.spec.hooks import load_hooks
-        from migmanagerd.spec.trust import check_trusted
-        from migmanagerd.spec.types import HooksFile
-
-        path = self.opts.hooks_file
-        if path is None and self.paths.hooks_file.exists():
-            path = str(self.paths.hooks_file)
-        if path is None:
-            return HooksFile(path="", hooks={})
-        check_trusted(path, "hooks file")
-        return load_hooks(path)
-
-    def _load_clients(self):
-        from migmanagerd.clients.clientset import load_clients
-        from migmanagerd.spec.trust import check_trusted
-
-        path = self.paths.clients_file
-        if not path.exists():
-            return None
-        check_trusted(str(path), "clients file")
-        return load_clients(str(path))
-
-    def _load_integrations(self):
-        from migmanagerd.integrations.settings import load_integrations
-
-        return load_integrations(self.paths.integrations_file)
 
     def _engine(self):
         from migmanagerd.apply.engine import ApplyEngine
