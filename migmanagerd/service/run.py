@@ -187,7 +187,8 @@ class ServiceRun:
         try:
             self.store.ensure_dir()
             path = self.paths.state_dir / RUN_LOCK_NAME
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # O_NOFOLLOW: a symlink planted here must not make root truncate its target
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise MigManagerError(f"{self.paths.state_dir}: cannot create the run lock: {exc.strerror}") from None
         deadline = time.monotonic() + RUN_LOCK_WAIT_S
@@ -210,8 +211,12 @@ class ServiceRun:
                 self.notify.status(f"waiting for another migmanagerd run (pid {holder}) to finish")
                 self.notify.extend_timeout(RUN_LOCK_WAIT_S + 30)
             time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            # the pid is only for a waiting run's message; the flock is the lock
+            log.warning("%s: cannot write this run's pid (%s); going on", path, exc.strerror)
         return fd
 
     def _run(self) -> RunOutcome:
