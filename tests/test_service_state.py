@@ -180,7 +180,7 @@ def test_permission_denied_is_reported_but_not_moved(store: StateStore, paths: N
         raise PermissionError(13, "Permission denied", str(path))
 
     # as a non-root `status` meets a 0600 root file (root itself is never denied)
-    monkeypatch.setattr("migmanagerd.service.state._read_own_file", denied)
+    monkeypatch.setattr("migmanagerd.service.state.read_own_file", denied)
     r = store.load()
     monkeypatch.undo()
     assert r.state == State()

@@ -15,7 +15,12 @@ from pathlib import Path
 
 def write_atomic(path: str | Path, text: str, mode: int = 0o644) -> None:
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        # mkdir's "File exists" hides the cause: a dangling symlink (or a file) there
+        kind = "a dangling symlink" if target.parent.is_symlink() else "not a directory"
+        raise NotADirectoryError(f"{target.parent} is {kind}; cannot write {target.name} there") from None
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -274,7 +274,7 @@ def check_state_dir_ancestors(d: Path) -> None:
             )
 
 
-def _read_own_file(path: Path) -> str:
+def read_own_file(path: Path) -> str:
     """Read a file in the state directory without following a symlink, and
     only if root (or we) own it and nobody else may write it."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -343,7 +343,7 @@ class StateStore:
         """The state on disk; never raises. Missing file: empty state, no problem."""
         path = self.path
         try:
-            text = _read_own_file(path)
+            text = read_own_file(path)
         except FileNotFoundError:
             return LoadResult(State())
         except PermissionError as exc:
