@@ -20,6 +20,7 @@ from typing import IO
 
 from migmanagerd.errors import MigManagerError
 from migmanagerd.log import get_logger
+from migmanagerd.spec.limits import timeout_problem
 from migmanagerd.spec.types import HOOK_NAMES, HooksFile, HookSpec
 
 log = get_logger("hooks")
@@ -78,8 +79,10 @@ class HookFailed(MigManagerError):
 
 class HookRunner:
     def __init__(self, hooks: HooksFile, env: Mapping[str, str], timeout_s: float = 120.0) -> None:
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be positive")
+        problem = timeout_problem(timeout_s)
+        if problem is not None:
+            # the CLI checks --hook-timeout first; this guards other callers
+            raise ValueError(f"timeout_s {problem}")
         self._hooks = hooks
         self._env = dict(env)
         self._timeout_s = timeout_s

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from migmanagerd.errors import SourceLocation, SpecError
+from migmanagerd.spec.limits import require_timeout
 from migmanagerd.spec.source import (
     YNode,
     check_keys,
     load_yaml_text,
     require_bool,
-    require_int,
     require_seq,
     require_str,
 )
@@ -188,8 +188,8 @@ def _slurm(node: YNode) -> SlurmSettings:
     if "scontrol" in items:
         kw["scontrol"] = _nonempty(items["scontrol"], ctx, "slurm.scontrol")
     if "command_timeout_s" in items:
-        kw["command_timeout_s"] = require_int(items["command_timeout_s"], minimum=1, context=ctx,
-                                              field="slurm.command_timeout_s")
+        kw["command_timeout_s"] = require_timeout(items["command_timeout_s"], context=ctx,
+                                                  field="slurm.command_timeout_s")
     result = replace(d, **kw)
     if result.gres_file == result.nodename_file:
         where = items.get("nodename_file") or items.get("gres_file") or node
@@ -207,9 +207,9 @@ def _drain(node: YNode) -> DrainSettings:
     if "reason" in items:
         kw["reason"] = _nonempty(items["reason"], ctx, "slurm.drain.reason")
     if "timeout_s" in items:
-        kw["timeout_s"] = require_int(items["timeout_s"], minimum=0, context=ctx, field="slurm.drain.timeout_s")
+        kw["timeout_s"] = require_timeout(items["timeout_s"], minimum=0, context=ctx, field="slurm.drain.timeout_s")
     if "poll_s" in items:
-        kw["poll_s"] = require_int(items["poll_s"], minimum=1, context=ctx, field="slurm.drain.poll_s")
+        kw["poll_s"] = require_timeout(items["poll_s"], context=ctx, field="slurm.drain.poll_s")
     return DrainSettings(**kw)
 
 
@@ -230,7 +230,7 @@ def _cdi(node: YNode) -> CdiSettings:
         argv = tuple(_nonempty(arg, ctx, f"cdi.command[{i}]") for i, arg in enumerate(seq))
         kw["command"] = argv
     if "timeout_s" in items:
-        kw["timeout_s"] = require_int(items["timeout_s"], minimum=1, context=ctx, field="cdi.timeout_s")
+        kw["timeout_s"] = require_timeout(items["timeout_s"], context=ctx, field="cdi.timeout_s")
     return CdiSettings(**kw)
 
 
