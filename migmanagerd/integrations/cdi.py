@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from migmanagerd.integrations.settings import CdiSettings
 from migmanagerd.log import get_logger
+from migmanagerd.proctree import run_bounded
 
 log = get_logger("integrations.cdi")
 
@@ -54,7 +55,7 @@ def perform_cdi_action(
     settings: CdiSettings,
     *,
     enqueue_restart: Callable[[str], None],
-    run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+    run: Callable[..., subprocess.CompletedProcess] = run_bounded,
 ) -> dict:
     report: dict = {"action": action.kind, "reason": action.reason}
     if action.kind == RESTART_UNIT:
@@ -65,8 +66,10 @@ def perform_cdi_action(
         report["command"] = list(action.command)
         try:
             proc = run(list(action.command), capture_output=True, text=True, timeout=settings.timeout_s, check=False)
-        except subprocess.TimeoutExpired:
-            report.update(status="failed", error=f"command timed out after {settings.timeout_s}s")
+        except subprocess.TimeoutExpired as exc:
+            tree = getattr(exc, "tree", None)  # run_bounded says what it killed, and what it could not
+            error = f"command timed out after {settings.timeout_s}s" + (f"; {tree.describe()}" if tree else "")
+            report.update(status="failed", error=error)
         except OSError as exc:
             report.update(status="failed", error=f"cannot run {action.command[0]}: {exc.strerror or exc}")
         else:
