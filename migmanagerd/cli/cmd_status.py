@@ -9,6 +9,7 @@ from typing import Any
 
 from migmanagerd.cli.common import add_backend, add_config_file, add_debug
 from migmanagerd.errors import MigManagerError
+from migmanagerd.log import escape_controls
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -135,4 +136,5 @@ def render(doc: dict[str, Any]) -> str:
             mode += "->" + ("on" if g["mig_pending"] else "off")
         inst = ", ".join(f"{i['profile']}@{i['start']}" for i in g["instances"]) or "-"
         out.append(f"{g['index']:<4} {str(g['model'] or '?'):<18} {mode:<9} {inst}")
-    return "\n".join(out)
+    # names come from the drop-in, state.json and -c: never print their control characters raw
+    return "\n".join(map(escape_controls, out))
