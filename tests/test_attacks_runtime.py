@@ -90,7 +90,7 @@ def test_integration_timeouts_are_bounded():
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
-@pytest.mark.parametrize("value", ["1e12", "nan", "inf", "0", "-5"])
+@pytest.mark.parametrize("value", ["1e12", "86401"])
 def test_hook_timeout_out_of_range_is_exit_2(tmp_path, monkeypatch, how, value):
     node = make_node(tmp_path, monkeypatch)
     args = ["service", "-c", "all-balanced"]

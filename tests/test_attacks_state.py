@@ -106,6 +106,18 @@ def test_lock_symlink_never_overwrites_its_target(node, tmp_path, name):
     assert precious.read_text() == "keep me\n"
 
 
+@pytest.mark.parametrize("name", ["run.lock", ".lock"])
+def test_dangling_lock_symlink_never_creates_its_target(node, tmp_path, name):
+    """O_CREAT through a dangling link creates the target as root (think
+    /etc/nologin): the lock files are opened O_NOFOLLOW."""
+    target = tmp_path / "created-by-root"
+    d = node.paths.state_dir
+    d.mkdir(parents=True, mode=0o700)
+    (d / name).symlink_to(target)
+    _run(node)
+    assert not target.exists()
+
+
 def test_deeply_nested_state_json_is_moved_aside(node):
     d = node.paths.state_dir
     d.mkdir(parents=True, mode=0o700)
