@@ -27,16 +27,22 @@ from migmanagerd.spec.hooks import parse_hooks
 # --- 5: discover: stop never stops a person's manager or session ---------------------
 
 
-@pytest.mark.parametrize("unit", ["user@1000.service", "user-runtime-dir@1000.service", "session-3.scope",
-                                  "init.scope"])
-def test_discover_stop_refuses_user_managers_and_scopes_with_the_pid(unit):
+@pytest.mark.parametrize("unit", ["user@1000.service", "user-runtime-dir@1000.service"])
+def test_discover_stop_refuses_user_managers_with_the_pid(unit):
     holder = GpuHolder(gpu_index=0, pid=4242, cmdline="python train.py", unit=unit)
     with pytest.raises(GpuBusy) as info:
         check_holders([holder], listed_units=(), discover="stop")
     assert "PID 4242" in str(info.value) and unit in str(info.value)
 
 
-def test_discover_stop_still_stops_a_system_service():
+@pytest.mark.parametrize("unit", ["session-3.scope", "init.scope"])
+def test_control_scopes_are_still_refused(unit):
+    holder = GpuHolder(gpu_index=0, pid=4242, cmdline="bash", unit=unit)
+    with pytest.raises(GpuBusy, match="PID 4242"):
+        check_holders([holder], listed_units=(), discover="stop")
+
+
+def test_control_discover_stop_still_stops_a_system_service():
     holder = GpuHolder(gpu_index=0, pid=4242, cmdline="dcgm", unit="dcgm.service")
     assert check_holders([holder], listed_units=(), discover="stop") == ("dcgm.service",)
 
@@ -66,7 +72,7 @@ def test_operator_drain_with_our_prefix_is_not_resumed(tmp_path, monkeypatch):
     assert fake.node["drain"] is True and fake.node["reason"] == operator_reason
 
 
-def test_our_own_drain_is_resumed_even_by_a_later_run(tmp_path, monkeypatch):
+def test_control_our_own_drain_is_resumed_by_a_later_run(tmp_path, monkeypatch):
     fake, first = _drain(tmp_path, monkeypatch)
     assert first.before_change("x") is True and fake.node["drain"] is True
     # the next boot (after a mode-change reboot) is a new process and a new SlurmDrain
@@ -186,7 +192,7 @@ def test_scontrol_timeout_kills_its_children(tmp_path):
 # --- 16: names with control characters are printed escaped -------------------------------
 
 
-def test_control_characters_in_a_config_name_are_escaped(tmp_path, monkeypatch):
+def test_escape_sequences_in_a_config_name_are_printed_escaped(tmp_path, monkeypatch):
     node = make_node(tmp_path, monkeypatch)
     proc = node.run("apply", "-c", "evil\x1b[2J\x1b]0;pwned\x07")
     assert proc.returncode == 2

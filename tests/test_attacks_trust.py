@@ -75,7 +75,7 @@ def test_integrations_symlink_into_a_users_directory_is_refused(node, tmp_path):
     assert not out.exists()
 
 
-def test_trusted_integrations_still_run(node, tmp_path):
+def test_control_trusted_integrations_still_run(node, tmp_path):
     out = tmp_path / "ran"
     write(node.etc / "integrations.yaml", _cdi_integrations(out))
     proc = node.run("service", "-c", "all-balanced")
