@@ -108,6 +108,7 @@ except AttributeError:  # PyYAML built without libyaml
 MAX_DEPTH = 64
 MAX_EXPANDED_NODES = 100_000
 _MERGE = "<<"
+_STD_TAGS = {"map": "tag:yaml.org,2002:map", "seq": "tag:yaml.org,2002:seq"}
 
 
 class _Open:
@@ -180,6 +181,9 @@ class _Composer:
             if depth > MAX_DEPTH:
                 raise SpecError(f"nested more than {MAX_DEPTH} levels deep", loc)
             kind = "map" if isinstance(event, yaml.MappingStartEvent) else "seq"
+            if event.tag not in (None, "!", _STD_TAGS[kind]):
+                # e.g. !!python/object/apply: never constructed, so never silently plain either
+                raise SpecError(f"unsupported tag '{event.tag}' on a {'mapping' if kind == 'map' else 'list'}", loc)
             if event.anchor is not None:
                 self.open_anchors.add(event.anchor)
             stack.append(_Open(kind, loc, event.anchor, depth))
