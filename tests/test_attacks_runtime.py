@@ -210,3 +210,46 @@ def test_dangling_metrics_directory_says_so(tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stderr
     assert "File exists" not in proc.stderr
     assert f"{metrics_dir} is a dangling symlink" in proc.stderr
+
+
+# --- 10: the finally of a change holds for every exception ------------------------------
+
+
+def test_apply_exit_runs_when_restarting_clients_hits_a_full_disk(tmp_path, monkeypatch):
+    """The journal write after the client restarts fails with ENOSPC (a disk
+    that fills after the mode change; a full file system cannot be made
+    without a mount, so the write is made to fail): apply-exit must run."""
+    from migmanagerd.service import client_journal
+    from migmanagerd.service.run import ServiceOptions, ServiceRun
+
+    node = make_node(tmp_path, monkeypatch)
+    trail = tmp_path / "trail"
+    write(node.etc / "hooks.yaml", "version: v1\nhooks:\n" + "".join(
+        f"  {h}:\n  - command: /bin/sh\n    args: ['-c', 'echo {h} >> {trail}']\n" for h in ("apply-start", "apply-exit")))
+
+    def full(self, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(client_journal.ClientJournal, "restart", full)
+    outcome = ServiceRun(ServiceOptions(selected_config="all-balanced"), node.paths).run()
+    assert trail.read_text().splitlines() == ["apply-start", "apply-exit"]
+    assert outcome.exit_code == 1 and "No space left on device" in outcome.message
+
+
+# --- 12: a name the selection cannot hold is refused before anything runs ----------------
+
+
+def test_apply_with_a_name_the_dropin_cannot_hold_changes_nothing(tmp_path, monkeypatch):
+    node = make_node(tmp_path, monkeypatch)
+    config = node.etc / "config.yaml"
+    write(config, config.read_text() + "  a$b:\n  - devices: all\n    mig-enabled: true\n"
+                                       "    mig-devices: {3g.20gb: 2}\n")
+    trail = tmp_path / "trail"
+    write(node.etc / "hooks.yaml",
+          f"version: v1\nhooks:\n  apply-start:\n  - command: /bin/sh\n    args: ['-c', 'echo ran > {trail}']\n")
+    before = (tmp_path / "sim.json").read_bytes()
+    proc = node.run("apply", "-c", "a$b")
+    assert proc.returncode == 2, proc.stderr
+    assert "not a plain name" in proc.stderr
+    assert (tmp_path / "sim.json").read_bytes() == before and not trail.exists()
+    assert node.run("service", "-c", "a$b").returncode == 0, "the unit (no selection to write) still applies it"

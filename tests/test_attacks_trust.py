@@ -18,7 +18,7 @@ import pytest
 from harden_support import NOBODY, as_nobody, can_setpriv, make_node, write
 
 from migmanagerd.errors import UsageError
-from migmanagerd.service.run import ServiceOptions, ServiceRun
+from migmanagerd.service.run import ServiceOptions
 
 needs_setpriv = pytest.mark.skipif(can_setpriv() is not None, reason=str(can_setpriv()))
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown files to uid 65534")
@@ -175,11 +175,13 @@ def test_flipping_symlink_never_gets_its_file_read(node, tmp_path):
             while not link.is_symlink() and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert link.is_symlink(), "the unprivileged flipper did not start"
+            from migmanagerd.service.inputs import load_inputs  # what every run reads its files with
+
             evil_loads = good_loads = refused = 0
-            run = ServiceRun(ServiceOptions(selected_config="all-balanced"), node.paths)
+            options = ServiceOptions(selected_config="all-balanced")
             for _ in range(RACE_LOADS):
                 try:
-                    hooks = run._load_inputs(None)[2]
+                    hooks = load_inputs(options, node.paths, None).hooks
                 except UsageError:
                     refused += 1
                     continue

@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-from migmanagerd.integrations.atomic import write_atomic
+from migmanagerd.atomic_file import write_text_atomic
 from migmanagerd.log import get_logger
 from migmanagerd.service.paths import NodePaths
 
@@ -41,7 +41,7 @@ class DrainRecord:
 
     def remember(self, node: str, reason: str) -> None:
         try:
-            write_atomic(self.path, json.dumps({"node": node, "reason": reason}) + "\n", 0o600)
+            write_text_atomic(self.path, json.dumps({"node": node, "reason": reason}) + "\n", 0o600)
         except OSError as exc:
             # unrecorded, the drain stays until an operator resumes it
             log.warning("%s: cannot record the drain (%s); the node will not be resumed automatically",
