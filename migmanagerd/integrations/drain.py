@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from migmanagerd.integrations.drain_record import DrainRecord
 from migmanagerd.integrations.layout import RunSummary
@@ -47,7 +48,7 @@ class SlurmDrain:
         self._sleep = sleep
         self._monotonic = monotonic
         self._record = record if record is not None else DrainRecord()
-        self.report: dict = {}
+        self.report: dict[str, Any] = {}
         self._by_other = False
 
     @property
@@ -132,7 +133,7 @@ class SlurmDrain:
 
     # --- after ----------------------------------------------------------------
 
-    def after_change(self, summary: RunSummary, failure: str | None = None) -> dict:
+    def after_change(self, summary: RunSummary, failure: str | None = None) -> dict[str, Any]:
         """Resume the node after a good run; otherwise keep it drained, saying why.
 
         ``failure`` names a problem found after the apply (gres file not
