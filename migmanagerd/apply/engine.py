@@ -156,6 +156,17 @@ class ApplyEngine:
         writers = {v.index: GpuWriter(self.backend, v.index, progress.for_gpu(v.index)) for v in state.gpus}
         return self._geometry_phase(config, state, writers, progress, skip=set())
 
+    def apply_gpu_plan(self, view: GpuView, plan: GpuPlan, writer: GpuWriter) -> GpuResult:
+        """One GPU to ``plan`` (made by the caller from ``view``), through the
+        same steps, checks and undo as an apply; ``writer`` keeps its journal so
+        the caller can undo this GPU later too (a request spanning GPUs)."""
+        entry = GpuPlanEntry(
+            index=view.index, model=view.model_name, mode_current=view.mode.current,
+            mode_pending=view.mode.pending, mode_target=True, result=plan, current_devices=view.devices,
+        )
+        progress = Progress(self.notify, 1)
+        return self._apply_gpu(view, entry, writer, view, progress)
+
     # --- phases --------------------------------------------------------------
 
     def _parallel(self, fn: Callable[[T], U], items: Sequence[T]) -> list[U]:

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from migmanagerd.cli.common import add_backend, add_config_file, add_debug
+from migmanagerd.cli.picture import add_picture_options
 from migmanagerd.errors import MigManagerError
 
 
@@ -21,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Exit 0 always when the state could be read (see 'assert' for a check).",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output (keys in the README)")
+    add_picture_options(p)
     add_config_file(p)
     add_backend(p)
     add_debug(p)
@@ -61,6 +63,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         "matches": None,
         "differences": [],
         "gpus": [],
+        "leases": [],
         "last_run": state_doc["last_run"],
         "journal": state_doc["journal"],
         "reboot_guard": state_doc["reboot_guard"],
@@ -71,6 +74,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     try:
         node = engine.observe()
         doc["gpus"] = node_json(node)["gpus"]
+        doc["leases"] = leases_json(paths, node)
         if name:
             try:
                 config = pick_config(read_config_file(args.config_file), name)
@@ -84,12 +88,43 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+def leases_json(paths: Any, node: Any) -> list[dict[str, Any]]:
+    from migmanagerd.ondemand.serve import live_leases
+
+    try:
+        book = live_leases(paths, node)
+    except MigManagerError as exc:
+        return [{"problem": str(exc)}]
+    return [
+        {"uuid": x.uuid, "gpu": x.gpu, "profile": x.profile, "owner": x.owner, "created_at": x.created_at}
+        for x in book.leases
+    ]
+
+
+def lease_lines(leases: list[dict[str, Any]]) -> list[str]:
+    if not leases:
+        return []
+    out = ["", "Leases:"]
+    for x in leases:
+        if "problem" in x:
+            out.append(f"  problem: {x['problem']}")
+        else:
+            out.append(f"  GPU {x['gpu']} {x['profile']} {x['uuid']} owner {x['owner']} since {x['created_at']}")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    from migmanagerd.cli.picture import LEASED, draw, json_rows, picture_wanted, use_color
+
     doc = collect(args)
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
     print(render(doc))
+    if picture_wanted(args):
+        marks = {x["uuid"]: LEASED for x in doc.get("leases", []) if "uuid" in x}
+        print()
+        print("\n".join(draw(json_rows(doc["gpus"], marks), use_color(args.no_color))))
     return 0
 
 
@@ -135,4 +170,5 @@ def render(doc: dict[str, Any]) -> str:
             mode += "->" + ("on" if g["mig_pending"] else "off")
         inst = ", ".join(f"{i['profile']}@{i['start']}" for i in g["instances"]) or "-"
         out.append(f"{g['index']:<4} {str(g['model'] or '?'):<18} {mode:<9} {inst}")
+    out.extend(lease_lines(doc.get("leases") or []))
     return "\n".join(out)

@@ -26,6 +26,9 @@ COMMANDS = (
     "generate_config",
     "service",
     "sim",
+    "request",
+    "release",
+    "suggest",
 )
 
 
