@@ -95,6 +95,8 @@ def format_table(view: dict) -> str:
         inst = " ".join(f"{i['profile']}@{i['start']}" for i in g["instances"]) or "-"
         if g["processes"]:
             inst += f"  [pids {' '.join(map(str, g['processes']))}]"
+        for mp in g.get("mig_processes", []):
+            inst += f"  [pid {mp['pid']} on {mp['uuid']}]"
         rows.append((str(g["index"]), g["model"] or f"{g['device_id']} (no MIG)", mode, inst))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]

@@ -536,7 +536,6 @@ def describe(node: SimNode, catalog: ModelCatalog | None = None) -> dict[str, An
                         "uuid": ci.uuid,
                         "gi_id": gi.id,
                         "ci_id": ci.id,
-                        "processes": [p for p, u in gpu.mig_processes if u == ci.uuid and pid_alive(p)],
                     }
                 )
         gpus.append(
@@ -549,6 +548,9 @@ def describe(node: SimNode, catalog: ModelCatalog | None = None) -> dict[str, An
                 "mig_pending": gpu.mig_pending,
                 "instances": instances,
                 "processes": [p for p in gpu.processes if pid_alive(p)],
+                "mig_processes": [
+                    {"pid": p, "uuid": u} for p, u in gpu.mig_processes if _device_of(gpu, u) is not None and pid_alive(p)
+                ],
             }
         )
     return {"node": node.node, "gpus": gpus, "ops": dict(node.ops)}
