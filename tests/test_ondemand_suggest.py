@@ -11,7 +11,7 @@ from apply_helpers import catalog, sim_node
 
 from migmanagerd.cli.main import main
 from migmanagerd.errors import UsageError
-from migmanagerd.ondemand.suggest import NoLayout, Need, parse_need, suggest
+from migmanagerd.ondemand.suggest import Need, NoLayout, parse_need, suggest
 from migmanagerd.planner.placement import plan_gpu
 from migmanagerd.planner.types import Infeasible
 from migmanagerd.spec.profile import MigProfile

@@ -171,56 +171,58 @@ def _splits(n: int, parts: int) -> list[tuple[int, ...]]:
     return [(k, *rest) for k in range(n, -1, -1) for rest in _splits(n - k, parts - 1)]
 
 
+def _profile_options(types: tuple[Need, ...], profile: str, n: int, memory_mib: int) -> list[tuple[Vector, int]]:
+    """Every way ``n`` instances of ``profile`` can serve the need types: (served vector, waste)."""
+    fit = [i for i, t in enumerate(types) if t.fits(profile, memory_mib)]
+    if not fit:
+        return []
+    options = []
+    for split in _splits(n, len(fit)):
+        vec = [0] * len(types)
+        waste = 0
+        for i, k in zip(fit, split, strict=True):
+            vec[i] += k
+            waste += k * types[i].waste_mib(profile, memory_mib)
+        options.append((tuple(vec), waste))
+    return options
+
+
 def patterns(model: GpuModel, types: tuple[Need, ...], counts: Vector) -> tuple[Pattern, ...]:
     """The least-waste pattern per served vector (each no larger than ``counts``)."""
     memory = {p: mib for p, mib, _ in _plain(model)}
     compute = {gi.full_ci.name: gi.compute_slices for gi in model.gi_profiles if gi.full_ci is not None}
     best: dict[Vector, Pattern] = {}
     for multiset in _multisets(model):
-        per_profile = []
-        for profile, n in multiset:
-            fit = [i for i, t in enumerate(types) if t.fits(profile, memory[profile])]
-            if not fit:
-                break  # an instance no need can use: the smaller multiset is better
-            options = []
-            for split in _splits(n, len(fit)):
-                vec = [0] * len(types)
-                waste = 0
-                for i, k in zip(fit, split, strict=True):
-                    vec[i] += k
-                    waste += k * types[i].waste_mib(profile, memory[profile])
-                options.append((tuple(vec), waste))
-            per_profile.append(options)
-        else:
-            for combo in product(*per_profile):
-                vec = tuple(sum(v[i] for v, _ in combo) for i in range(len(types)))
-                if any(v > c for v, c in zip(vec, counts, strict=True)):
-                    continue
-                pat = Pattern(vec, sum(w for _, w in combo), sum(compute[p] * n for p, n in multiset), multiset)
-                old = best.get(vec)
-                if old is None or (pat.waste_mib, pat.compute) < (old.waste_mib, old.compute):
-                    best[vec] = pat
+        per_profile = [_profile_options(types, p, n, memory[p]) for p, n in multiset]
+        if not all(per_profile):
+            continue  # an instance no need can use: the smaller multiset is better
+        used = sum(compute[p] * n for p, n in multiset)
+        for combo in product(*per_profile):
+            vec = tuple(sum(v[i] for v, _ in combo) for i in range(len(types)))
+            if any(v > c for v, c in zip(vec, counts, strict=True)):
+                continue
+            pat = Pattern(vec, sum(w for _, w in combo), used, multiset)
+            old = best.get(vec)
+            if old is None or (pat.waste_mib, pat.compute) < (old.waste_mib, old.compute):
+                best[vec] = pat
     # most served first: the search finds a full answer early
     return tuple(sorted(best.values(), key=lambda p: (-sum(p.serves), p.waste_mib, p.compute, p.devices)))
 
 
-def suggest(gpus: Sequence[tuple[int, GpuModel]], needs: Sequence[tuple[int, Need]]) -> Suggestion:
-    if not needs:
-        raise UsageError("give at least one --need")
-    if not gpus:
-        raise UsageError("no MIG-capable GPU to lay out")
-    types, counts = merge_needs(needs)
-    table = {m.name: patterns(m, types, counts) for _, m in gpus}
-    order = [table[m.name] for _, m in gpus]
+Score = tuple[int, int, int, tuple["Pattern | None", ...]]  # GPUs used, waste, compute, per GPU
+
+
+def _search(order: Sequence[tuple[Pattern, ...]], counts: Vector) -> Score | None:
+    """Exact: the least (GPUs, waste, compute) over one pattern (or none) per GPU."""
     zero = tuple(0 for _ in counts)
 
     @cache
-    def best(g: int, rest: Vector) -> tuple[int, int, int, tuple[Pattern | None, ...]] | None:
+    def best(g: int, rest: Vector) -> Score | None:
         if rest == zero:
-            return 0, 0, 0, (None,) * (len(gpus) - g)
-        if g == len(gpus):
+            return 0, 0, 0, (None,) * (len(order) - g)
+        if g == len(order):
             return None
-        found = None
+        found: Score | None = None
         for pat in order[g]:
             if any(s > r for s, r in zip(pat.serves, rest, strict=True)):
                 continue
@@ -235,7 +237,17 @@ def suggest(gpus: Sequence[tuple[int, GpuModel]], needs: Sequence[tuple[int, Nee
             found = (skip[0], skip[1], skip[2], (None, *skip[3]))
         return found
 
-    result = best(0, counts)
+    return best(0, counts)
+
+
+def suggest(gpus: Sequence[tuple[int, GpuModel]], needs: Sequence[tuple[int, Need]]) -> Suggestion:
+    if not needs:
+        raise UsageError("give at least one --need")
+    if not gpus:
+        raise UsageError("no MIG-capable GPU to lay out")
+    types, counts = merge_needs(needs)
+    table = {m.name: patterns(m, types, counts) for _, m in gpus}
+    result = _search([table[m.name] for _, m in gpus], counts)
     if result is None:
         asked = ", ".join(f"{c}x{t}" for t, c in zip(types, counts, strict=True))
         raise NoLayout(f"{asked} cannot be served by these {len(gpus)} GPU(s), whatever the layout")
