@@ -80,12 +80,13 @@ def test_plan_picture_shows_before_and_after(tmp_path: Path, monkeypatch, capsys
     assert main(["plan", "-f", str(cfg), "-c", "sevens", "--picture", "--no-color"]) == 0
     out = capsys.readouterr().out
     text, picture = out.split("\n\n", 1)
-    assert text.splitlines()[1].startswith("GPU 0 (A100-SXM4-40GB): MIG enabled; destroy")  # the script text stays
+    assert text.splitlines()[1].startswith("GPU 0 (A100-SXM4-40GB): MIG enabled; keep")  # the script text stays
     lines = picture.splitlines()
-    assert lines[1].startswith("GPUs 0-2 A100-SXM4-40GB now [-3g.20gb")
+    assert lines[1].startswith("GPUs 0-2 A100-SXM4-40GB now [-2g.10gb")
+    assert "[-3g.20gb" in lines[1] and "[1g.5gb" in lines[1]  # kept ones carry no mark
     assert lines[2].lstrip().startswith("new [+1g.5gb")
-    assert lines[3].startswith("GPU 3    A100-SXM4-40GB now [-3g.20gb")
-    assert "[+7g.40gb" in lines[4]
+    assert lines[3].startswith("GPU 3    A100-SXM4-40GB now [-2g.10gb")
+    assert lines[4].lstrip().startswith("new [+7g.40gb")
     # without --picture and not on a terminal: the text only
     assert main(["plan", "-f", str(cfg), "-c", "sevens"]) == 0
     assert "slot" not in capsys.readouterr().out
