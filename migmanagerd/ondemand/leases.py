@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from migmanagerd.errors import UsageError
+from migmanagerd.errors import MigManagerError, UsageError
 from migmanagerd.service.atomic_file import write_atomic
 
 LEASES_FILE = "leases.json"
@@ -150,8 +150,12 @@ def book_json(book: LeaseBook) -> dict[str, Any]:
 
 
 def save_book(path: Path, book: LeaseBook) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomic(path, (json.dumps(book_json(book), indent=1, sort_keys=True) + "\n").encode(), 0o600)
+    """Replace the file atomically; a failed write leaves the old one (and says so, exit 1)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(path, (json.dumps(book_json(book), indent=1, sort_keys=True) + "\n").encode(), 0o600)
+    except OSError as exc:
+        raise MigManagerError(f"{path}: cannot write the leases: {exc.strerror or exc}") from None
 
 
 def caller_owner() -> tuple[str, str | None]:

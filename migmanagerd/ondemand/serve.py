@@ -57,6 +57,10 @@ class RequestRefused(MigManagerError):
     """The request cannot be met; nothing changed (exit 1)."""
 
 
+class UndoFailed(MigManagerError):
+    """A GPU change failed and could not be fully undone (exit 1)."""
+
+
 @dataclass(frozen=True)
 class ServedDevice:
     uuid: str
@@ -219,7 +223,14 @@ class OnDemand:
                 return Served(owner, devices, choice, state, None, busy, frozenset(book.leased))
             after = state
             if choice.changes:
-                after = self._change(book, state, choice, hooks)
+                try:
+                    after = self._change(book, state, choice, hooks)
+                except UndoFailed:
+                    raise  # ``pending`` stays: the next request repairs that GPU
+                except MigManagerError:
+                    # undone (or a hook failed): nothing is half-made, so no repair is owed
+                    save_book(self.book_path, replace(book, pending=()))
+                    raise
             devices = self._devices(choice, after)
             now = utc_now()
             before = book
@@ -262,7 +273,10 @@ class OnDemand:
             for _, w in reversed(done):
                 undo.extend(w.rollback())
             tail = f"; undoing the other GPUs failed: {'; '.join(undo)}" if undo else ""
-            raise MigManagerError(f"request not served: {result.describe()}{tail}")
+            message = f"request not served: {result.describe()}{tail}"
+            if undo or result.rollback_error:
+                raise UndoFailed(message)
+            raise MigManagerError(message)
 
     def _devices(self, choice: Selection, after: NodeState) -> tuple[ServedDevice, ...]:
         out = []
