@@ -265,3 +265,14 @@ def test_dry_run_picture_marks_what_changes(node: Node, capsys) -> None:
     assert node.devices(0) == []  # a dry run changes nothing
     _ = time.monotonic()
     _ = catalog()
+
+
+def test_pid_owner_skips_a_wrapper_that_exits_with_migmanagerd(node: Node) -> None:
+    # `timeout` (like sudo) forks migmanagerd and exits with it; the shell around it is the owner
+    sh = subprocess.run(
+        ["sh", "-c", f"timeout 120 {sys.executable} -m migmanagerd request --json --count 1 --memory 8000 && echo $$"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert sh.returncode == 0, sh.stderr
+    doc_text, shell_pid = sh.stdout.rsplit("}", 1)
+    assert json.loads(doc_text + "}")["owner"] == f"pid:{shell_pid.strip()}"

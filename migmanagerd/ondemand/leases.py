@@ -158,7 +158,35 @@ def save_book(path: Path, book: LeaseBook) -> None:
         raise MigManagerError(f"{path}: cannot write the leases: {exc.strerror or exc}") from None
 
 
+# Parents that only run migmanagerd for someone and exit with it: the owner is their caller.
+_WRAPPERS = frozenset({"sudo", "doas", "su", "runuser", "pkexec", "setpriv", "timeout", "env"})
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+
+
+def _command_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def caller_owner() -> tuple[str, str | None]:
-    """``pid:<parent>``: the shell or job that ran ``migmanagerd request``."""
+    """``pid:<N>``: the shell or job that ran ``migmanagerd request`` (past a
+    ``sudo`` or similar wrapper, which exits together with migmanagerd)."""
     pid = os.getppid()
+    for _ in range(4):
+        if _command_of(pid) not in _WRAPPERS:
+            break
+        parent = _parent_of(pid)
+        if parent is None or parent <= 1:
+            break
+        pid = parent
     return f"{PID_PREFIX}{pid}", process_start(pid)
