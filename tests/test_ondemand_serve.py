@@ -276,3 +276,15 @@ def test_pid_owner_skips_a_wrapper_that_exits_with_migmanagerd(node: Node) -> No
     assert sh.returncode == 0, sh.stderr
     doc_text, shell_pid = sh.stdout.rsplit("}", 1)
     assert json.loads(doc_text + "}")["owner"] == f"pid:{shell_pid.strip()}"
+
+
+def test_a_process_holding_the_gpu_but_no_mig_device_pins_nothing(node: Node, capsys) -> None:
+    agent = subprocess.Popen(["sleep", "60"])  # a monitoring agent (DCGM) holds every GPU
+    try:
+        for i in range(2):
+            node.backend.attach(i, agent.pid)
+        code, doc = request(capsys, "--count", "1", "--memory", "8000", "--owner", "job")
+        assert code == 0 and doc["changed_gpus"] == [0]
+    finally:
+        agent.kill()
+        agent.wait(timeout=WAIT_S)

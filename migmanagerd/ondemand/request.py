@@ -63,7 +63,6 @@ class GpuState:
     model: GpuModel | None
     mig_enabled: bool
     devices: tuple[DeviceState, ...] = ()
-    whole_gpu_busy: bool = False  # a process holds the GPU outside any MIG device
 
 
 @dataclass(frozen=True)
@@ -158,8 +157,6 @@ def _free_handouts(gpus: Sequence[GpuState], req: Request, memory: MemoryOf) -> 
     """Free instances that fit, smallest first, the policy's GPU order among equals."""
     free: list[tuple[int, tuple[int, int], int, Handout]] = []
     for gpu in gpus:
-        if gpu.whole_gpu_busy:
-            continue
         for d in gpu.devices:
             dev = d.device
             if d.busy or d.lease is not None or dev.uuid is None or not _canonical(dev.profile):
@@ -178,8 +175,6 @@ def _unchangeable(gpu: GpuState) -> str | None:
         return f"unknown model '{gpu.product_name}'"
     if not gpu.mig_enabled:
         return "MIG mode is disabled (a dynamic change never switches the mode)"
-    if gpu.whole_gpu_busy:
-        return "a process holds the whole GPU"
     return None
 
 

@@ -138,24 +138,24 @@ class OnDemand:
 
     # --- reading -------------------------------------------------------------
 
-    def busy_uuids(self, state: NodeState) -> tuple[frozenset[str], frozenset[int]]:
-        """MIG devices with a process on them, and GPUs a process holds outside any MIG device."""
+    def busy_uuids(self, state: NodeState) -> frozenset[str]:
+        """MIG devices with a process on them. A process holding the GPU but no
+        MIG device (a monitoring agent) pins nothing: NVML lets free instances
+        change beside it, and refuses to destroy one a process runs on."""
         busy: set[str] = set()
-        whole: set[int] = set()
         for view in state.gpus:
             if not view.mode.current:
                 continue
             for proc in self.backend.processes(view.index):
                 if proc.gi_id is None:
-                    whole.add(view.index)
                     continue
                 gi = view.instance(proc.gi_id)
                 for ci in gi.compute_instances if gi is not None else ():
                     if proc.ci_id is None or ci.id == proc.ci_id:
                         busy.add(ci.uuid)
-        return frozenset(busy), frozenset(whole)
+        return frozenset(busy)
 
-    def gpu_states(self, state: NodeState, book: LeaseBook, busy: frozenset[str], whole: frozenset[int]) -> list[GpuState]:
+    def gpu_states(self, state: NodeState, book: LeaseBook, busy: frozenset[str]) -> list[GpuState]:
         leased = book.leased
         out = []
         for view in state.gpus:
@@ -163,7 +163,7 @@ class OnDemand:
                 DeviceState(d, busy=d.uuid in busy, lease=leased[d.uuid].owner if d.uuid in leased else None)
                 for d in view.devices
             )
-            out.append(GpuState(view.index, view.info.name, view.model, view.mode.current, devices, view.index in whole))
+            out.append(GpuState(view.index, view.info.name, view.model, view.mode.current, devices))
         return out
 
     def tidy(self, book: LeaseBook, state: NodeState) -> LeaseBook:
@@ -210,8 +210,8 @@ class OnDemand:
             book = self._recover(book)
             state = self.engine.observe()
             book = self.tidy(book, state)
-            busy, whole = self.busy_uuids(state)
-            choice = select(self.gpu_states(state, book, busy, whole), self.allowed, req)
+            busy = self.busy_uuids(state)
+            choice = select(self.gpu_states(state, book, busy), self.allowed, req)
             if isinstance(choice, Refusal):
                 if not dry_run:
                     save_book(self.book_path, book)
