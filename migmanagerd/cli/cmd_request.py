@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from migmanagerd.apply.observe import NodeState
 from migmanagerd.cli.common import add_backend, add_config_file, add_debug, add_hooks_file
 from migmanagerd.cli.picture import add_picture_options, picture_wanted
-from migmanagerd.errors import UsageError
+from migmanagerd.errors import MigManagerError, UsageError
 from migmanagerd.ondemand.geometries import DEVICE_CONFIG_NAME, AllowedGeometries, default_path, load_geometries
 from migmanagerd.ondemand.leases import caller_owner
 from migmanagerd.ondemand.request import BINPACK, POLICIES, Request
@@ -97,6 +99,16 @@ def _request(args: argparse.Namespace) -> Request:
     return Request(args.count, args.memory, profile, args.policy)
 
 
+def _dropin_selection(paths: NodePaths) -> str:
+    """The boot-time selection (the hooks are told it; a request does not change it)."""
+    from migmanagerd.service.selector import read_selector
+
+    try:
+        return read_selector(paths.dropin).selected_config or ""
+    except MigManagerError:
+        return ""
+
+
 def hook_calls(args: argparse.Namespace, paths: NodePaths, owner: str) -> HookCalls:
     from migmanagerd.hooks.runner import HookRunner, hook_env
     from migmanagerd.spec.hooks import load_hooks
@@ -111,10 +123,11 @@ def hook_calls(args: argparse.Namespace, paths: NodePaths, owner: str) -> HookCa
         check_trusted(path, "hooks file")
         hooks = load_hooks(path)
     config_file = args.config_file or str(paths.config_file)
+    selected = os.environ.get("MIG_PARTED_SELECTED_CONFIG") or _dropin_selection(paths)
 
-    def runner_for(gpus: Any) -> HookRunner:
+    def runner_for(gpus: Sequence[int]) -> HookRunner:
         env = hook_env(
-            selected_config=os.environ.get("MIG_PARTED_SELECTED_CONFIG", ""), config_file=config_file,
+            selected_config=selected, config_file=config_file,
             hooks_file=path or str(paths.hooks_file), gpus=gpus,
         )
         env["MIGMANAGERD_REQUEST_OWNER"] = owner
@@ -163,30 +176,31 @@ def dry_run_text(served: Served) -> list[str]:
     return lines
 
 
-def run(args: argparse.Namespace) -> int:
-    req = _request(args)
-    paths = NodePaths.from_env()
-    if args.owner is not None:
-        if not args.owner.strip():
-            raise UsageError("--owner: must not be empty")
-        owner, pid_start = args.owner, None
-    else:
-        owner, pid_start = caller_owner()
-    od = open_ondemand(args, paths)
-    try:
-        hooks = None if args.dry_run else hook_calls(args, paths, owner)
-        served = od.request(req, owner, pid_start, dry_run=args.dry_run, hooks=hooks)
-        if args.persist and not args.dry_run:
-            from migmanagerd.ondemand.persist import persist_layout
+def _owner(args: argparse.Namespace) -> tuple[str, str | None]:
+    if args.owner is None:
+        return caller_owner()
+    if not args.owner.strip():
+        raise UsageError("--owner: must not be empty")
+    return args.owner, None
 
-            persist_layout(od.engine.observe(), args.persist, paths)
-    finally:
-        od.backend.close()
+
+def _persist(args: argparse.Namespace, paths: NodePaths) -> Callable[[NodeState], None] | None:
+    if not args.persist:
+        return None
+    from migmanagerd.ondemand.persist import persist_layout
+
+    def persist(state: NodeState) -> None:
+        persist_layout(state, args.persist, paths)
+
+    return persist
+
+
+def _print(args: argparse.Namespace, served: Served) -> None:
     if args.json:
         doc = served_json(served)
         doc["dry_run"] = bool(args.dry_run)
         print(json.dumps(doc, indent=2))
-        return 0
+        return
     if args.dry_run:
         for line in dry_run_text(served):
             print(line)
@@ -196,5 +210,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"GPU {d.gpu} {d.profile} {d.uuid}")
     if not args.dry_run:
         print(f"CUDA_VISIBLE_DEVICES={served.cuda_visible_devices}")
-        print(f"leased to {owner}; free them with: migmanagerd release --owner {owner}")
+        print(f"leased to {served.owner}; free them with: migmanagerd release --owner {served.owner}")
+
+
+def run(args: argparse.Namespace) -> int:
+    req = _request(args)
+    paths = NodePaths.from_env()
+    owner, pid_start = _owner(args)
+    od = open_ondemand(args, paths)
+    try:
+        hooks = None if args.dry_run else hook_calls(args, paths, owner)
+        served = od.request(req, owner, pid_start, dry_run=args.dry_run, hooks=hooks, persist=_persist(args, paths))
+    finally:
+        od.backend.close()
+    _print(args, served)
     return 0

@@ -204,7 +204,9 @@ class OnDemand:
         return replace(book, pending=())
 
     def request(self, req: Request, owner: str, pid_start: str | None, *, dry_run: bool = False,
-                hooks: HookCalls | None = None) -> Served:
+                hooks: HookCalls | None = None, persist: Callable[[NodeState], None] | None = None) -> Served:
+        """Serve ``req`` (see the module's order); ``persist`` gets the node as
+        served, still under the run lock (``request --persist``)."""
         with run_lock(self.paths.state_dir):
             book = load_book(self.book_path)
             book = self._recover(book)
@@ -238,6 +240,8 @@ class OnDemand:
                 Lease(d.uuid, d.gpu, d.profile, owner, now, pid_start) for d in devices
             )
             save_book(self.book_path, book)
+            if persist is not None:
+                persist(after)
             return Served(owner, devices, choice, state, after, busy, frozenset(before.leased))
 
     def _change(self, book: LeaseBook, state: NodeState, choice: Selection, hooks: HookCalls | None) -> NodeState:
