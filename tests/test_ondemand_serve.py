@@ -288,3 +288,30 @@ def test_a_process_holding_the_gpu_but_no_mig_device_pins_nothing(node: Node, ca
     finally:
         agent.kill()
         agent.wait(timeout=WAIT_S)
+
+
+def test_sim_attach_to_a_mig_device_by_uuid(node: Node, capsys) -> None:
+    code, doc = request(capsys, "--count", "1", "--profile", "3g.20gb", "--owner", "j")
+    uuid = doc["devices"][0]["uuid"]
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        assert main(["sim", "attach", "--device", uuid, "--pid", str(proc.pid)]) == 0
+        assert main(["sim", "show", "--json"]) == 0
+        gpu0 = json.loads(capsys.readouterr().out)["gpus"][0]
+        assert gpu0["mig_processes"] == [{"pid": proc.pid, "uuid": uuid}]
+        listed = node.backend.processes(0)
+        gi = next(g for g in node.backend.gpu_instances(0) if g.compute_instances[0].uuid == uuid)
+        assert [(p.pid, p.gi_id, p.ci_id) for p in listed] == [(proc.pid, gi.id, gi.compute_instances[0].id)]
+        # the device is busy: the simulator refuses to destroy it, and the GPU cannot be reset
+        from migmanagerd.gpu.backend import BackendError
+
+        with pytest.raises(BackendError, match="IN_USE"):
+            node.backend.destroy_compute_instance(0, gi.id, gi.compute_instances[0].id)
+        with pytest.raises(BackendError, match="IN_USE"):
+            node.backend.reset([0])
+        assert main(["sim", "attach", "--device", "MIG-nope", "--pid", str(proc.pid)]) == 2
+        assert main(["sim", "detach", "--gpu", "0", "--pid", str(proc.pid)]) == 0
+        assert node.backend.processes(0) == ()
+    finally:
+        proc.kill()
+        proc.wait(timeout=WAIT_S)
