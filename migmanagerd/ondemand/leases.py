@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from migmanagerd.atomic_file import write_atomic
 from migmanagerd.errors import MigManagerError, UsageError
-from migmanagerd.service.atomic_file import write_atomic
 
 LEASES_FILE = "leases.json"
 VERSION = 1

@@ -15,8 +15,8 @@ from pathlib import Path
 from migmanagerd.apply.configtext import render_config_file
 from migmanagerd.apply.export import node_config
 from migmanagerd.apply.observe import NodeState
+from migmanagerd.atomic_file import write_atomic
 from migmanagerd.log import get_logger
-from migmanagerd.service.atomic_file import write_atomic
 from migmanagerd.service.paths import NodePaths
 from migmanagerd.service.selector import write_selector
 from migmanagerd.spec.config import load_config

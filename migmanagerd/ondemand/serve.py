@@ -19,18 +19,19 @@ no device is handed out twice:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from migmanagerd.apply import report as R
 from migmanagerd.apply.engine import ApplyEngine
-from migmanagerd.apply.observe import GpuView, NodeState
-from migmanagerd.apply.rollback import GpuWriter
+from migmanagerd.apply.nodeplan import GpuPlanEntry, NodePlan
+from migmanagerd.apply.observe import NodeState
+from migmanagerd.apply.run import ApplyRun
 from migmanagerd.catalog.model import Placement
-from migmanagerd.errors import MigManagerError
+from migmanagerd.errors import MigManagerError, SourceLocation
+from migmanagerd.file_lock import LockTimeout, acquire
 from migmanagerd.hooks.runner import HookRunner
 from migmanagerd.log import get_logger
 from migmanagerd.ondemand.geometries import AllowedGeometries
@@ -45,12 +46,13 @@ from migmanagerd.ondemand.leases import (
 )
 from migmanagerd.ondemand.request import DeviceState, GpuState, Refusal, Request, Selection, select
 from migmanagerd.service.paths import NodePaths
+from migmanagerd.service.run import RUN_LOCK_NAME, RUN_LOCK_WAIT_S
 from migmanagerd.service.state import utc_now
+from migmanagerd.spec.types import MigConfig
 
 log = get_logger("ondemand")
 
-RUN_LOCK_NAME = "run.lock"  # the service's (service/run.py)
-LOCK_WAIT_S = 300.0
+ON_DEMAND = "on-demand"  # the name an on-demand change goes by in the engine's reports
 
 
 class RequestRefused(MigManagerError):
@@ -86,29 +88,33 @@ class Served:
 
 
 @contextlib.contextmanager
-def run_lock(state_dir: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
-    """The service's run lock: flock(2), dropped by the kernel when its holder dies."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+def run_lock(state_dir: Path, wait_s: float = RUN_LOCK_WAIT_S) -> Iterator[None]:
+    """The service's run lock (the same file, the same helper): a request waits
+    for a boot run or an apply, and they for it; the kernel drops it when its
+    holder dies."""
     path = state_dir / RUN_LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-                    raise MigManagerError(
-                        f"another migmanagerd run (pid {holder}) still holds {path} after {wait_s:g}s; nothing was changed"
-                    ) from None
-                time.sleep(0.05)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = acquire(path, wait_s)
+    except LockTimeout:
+        raise MigManagerError(
+            f"another migmanagerd run (pid {_holder(path)}) still holds {path} after {wait_s:g}s; nothing was changed"
+        ) from None
+    except OSError as exc:
+        raise MigManagerError(f"{state_dir}: cannot create the run lock: {exc.strerror}") from None
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii", errors="replace").strip() or "?"
+    except OSError:
+        return "?"
 
 
 def live_leases(paths: NodePaths, state: NodeState) -> LeaseBook:
@@ -264,22 +270,33 @@ class OnDemand:
                 hooks.after(failure)
         return self.engine.observe()
 
+    def _run_for(self, state: NodeState, choice: Selection) -> ApplyRun:
+        """One ApplyRun (one undo journal per GPU) whose plan is the request's:
+        the changed GPUs selected with their pinned plans, the others not."""
+        changes = {c.gpu: c for c in choice.changes}
+        entries = []
+        for view in state.gpus:
+            change = changes.get(view.index)
+            entries.append(GpuPlanEntry(
+                index=view.index, model=view.model_name, mode_current=view.mode.current,
+                mode_pending=view.mode.pending, mode_target=True if change else None,
+                result=change.plan if change else None, current_devices=view.devices,
+            ))
+        config = MigConfig(ON_DEMAND, (), SourceLocation(ON_DEMAND, 0, 0))
+        return ApplyRun(self.engine, config, state, NodePlan(ON_DEMAND, tuple(entries)))
+
     def _change_gpus(self, state: NodeState, choice: Selection) -> None:
-        done: list[tuple[GpuView, GpuWriter]] = []
-        for change in choice.changes:  # one GPU at a time
-            view = state.gpu(change.gpu)
-            writer = GpuWriter(self.backend, view.index)
-            result = self.engine.apply_gpu_plan(view, change.plan, writer)
+        run = self._run_for(state, choice)
+        for change in choice.changes:  # one GPU at a time, in the order chosen
+            result = run.apply_gpu_plan(change.gpu)
             if result.ok:
-                done.append((view, writer))
                 continue
-            undo = []
-            for _, w in reversed(done):
-                undo.extend(w.rollback())
-            tail = f"; undoing the other GPUs failed: {'; '.join(undo)}" if undo else ""
-            message = f"request not served: {result.describe()}{tail}"
-            if undo or result.rollback_error:
-                raise UndoFailed(message)
+            undone = run.abort(f"GPU {change.gpu} of the same request failed")
+            failed = [r for r in (result, *undone) if r.status == R.ROLLBACK_FAILED]
+            message = f"request not served: {result.describe()}"
+            if failed:
+                message += "; " + "; ".join(r.describe() for r in failed if r is not result)
+                raise UndoFailed(message.rstrip("; "))
             raise MigManagerError(message)
 
     def _devices(self, choice: Selection, after: NodeState) -> tuple[ServedDevice, ...]:
