@@ -9,9 +9,9 @@ no device is handed out twice:
 2. drop leases whose owner process is gone or whose device no longer exists;
 3. observe the node and its processes, select (pure);
 4. for a layout change: hooks ``apply-start`` and ``pre-apply-config``,
-   record ``pending``, change one GPU at a time through the apply engine
-   (``ApplyEngine.apply_gpu_plan``: its steps, checks and per-GPU undo
-   journal); if a GPU fails, every GPU this request changed is undone;
+   record ``pending``, change one GPU at a time through one ``ApplyRun``
+   (``apply_gpu_plan``: the engine's steps, checks and per-GPU undo
+   journal); if a GPU fails, ``abort`` undoes every GPU this request changed;
    ``apply-exit`` runs whatever happened. GPU clients are never stopped;
 5. write the leases and clear ``pending`` in one atomic write.
 """
