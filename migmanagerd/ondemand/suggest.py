@@ -27,7 +27,7 @@ an 8-GPU node with a 20-item mix.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from itertools import product
@@ -212,21 +212,40 @@ def patterns(model: GpuModel, types: tuple[Need, ...], counts: Vector) -> tuple[
 Score = tuple[int, int, int, tuple["Pattern | None", ...]]  # GPUs used, waste, compute, per GPU
 
 
+def _packer(counts: Vector) -> tuple[int, int, Callable[[Vector], int]]:
+    """Vectors as one integer, a field per need type with a guard bit above it,
+    so ``s <= rest`` in every field is one subtraction: with every guard set in
+    ``rest``, no field of ``rest - s`` borrows iff every guard survives."""
+    width = max(counts).bit_length() + 1
+    guard = 0
+    for i in range(len(counts)):
+        guard |= 1 << (i * width + width - 1)
+
+    def pack(v: Vector) -> int:
+        return sum(x << (i * width) for i, x in enumerate(v))
+
+    return width, guard, pack
+
+
 def _search(order: Sequence[tuple[Pattern, ...]], counts: Vector) -> Score | None:
-    """Exact: the least (GPUs, waste, compute) over one pattern (or none) per GPU."""
-    zero = tuple(0 for _ in counts)
+    """Exact: the least (GPUs, waste, compute) over one pattern (or none) per GPU.
+    A memoised recursion over (GPU, needs still open)."""
+    _, guard, pack = _packer(counts)
+    packed = [tuple((pack(p.serves), p) for p in pats) for pats in order]
 
     @cache
-    def best(g: int, rest: Vector) -> Score | None:
-        if rest == zero:
+    def best(g: int, rest: int) -> Score | None:
+        if rest == 0:
             return 0, 0, 0, (None,) * (len(order) - g)
         if g == len(order):
             return None
         found: Score | None = None
-        for pat in order[g]:
-            if any(s > r for s, r in zip(pat.serves, rest, strict=True)):
-                continue
-            tail = best(g + 1, tuple(r - s for r, s in zip(rest, pat.serves, strict=True)))
+        guarded = rest | guard
+        for serves, pat in packed[g]:
+            left = guarded - serves
+            if left & guard != guard:
+                continue  # some need type would go below zero
+            tail = best(g + 1, left ^ guard)
             if tail is None:
                 continue
             score = (tail[0] + 1, tail[1] + pat.waste_mib, tail[2] + pat.compute)
@@ -237,7 +256,7 @@ def _search(order: Sequence[tuple[Pattern, ...]], counts: Vector) -> Score | Non
             found = (skip[0], skip[1], skip[2], (None, *skip[3]))
         return found
 
-    return best(0, counts)
+    return best(0, pack(counts))
 
 
 def suggest(gpus: Sequence[tuple[int, GpuModel]], needs: Sequence[tuple[int, Need]]) -> Suggestion:
