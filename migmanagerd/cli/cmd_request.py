@@ -71,6 +71,10 @@ def allowed_geometries(args: argparse.Namespace, paths: NodePaths) -> AllowedGeo
         candidate = default_path(Path(getattr(args, "config_file", None) or paths.config_file))
         if candidate.exists():
             path = str(candidate)
+    if path is not None:
+        from migmanagerd.spec.trust import check_trusted
+
+        check_trusted(path, "geometries file")  # it decides layouts, as config.yaml does
     return load_geometries(path)
 
 

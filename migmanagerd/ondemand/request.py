@@ -174,7 +174,7 @@ def _unchangeable(gpu: GpuState) -> str | None:
     if gpu.model is None:
         return f"unknown model '{gpu.product_name}'"
     if not gpu.mig_enabled:
-        return "MIG mode is disabled (a dynamic change never switches the mode)"
+        return "MIG mode is disabled or pending a change (a request never switches the mode)"
     return None
 
 

@@ -169,7 +169,9 @@ class OnDemand:
                 DeviceState(d, busy=d.uuid in busy, lease=leased[d.uuid].owner if d.uuid in leased else None)
                 for d in view.devices
             )
-            out.append(GpuState(view.index, view.info.name, view.model, view.mode.current, devices))
+            # a mode change pending a reset would clear the GPU: not a GPU to lay out now
+            enabled = view.mode.current and view.mode.pending
+            out.append(GpuState(view.index, view.info.name, view.model, enabled, devices))
         return out
 
     def tidy(self, book: LeaseBook, state: NodeState) -> LeaseBook:
