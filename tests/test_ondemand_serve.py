@@ -315,3 +315,18 @@ def test_sim_attach_to_a_mig_device_by_uuid(node: Node, capsys) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=WAIT_S)
+
+
+def test_status_lists_and_marks_busy_devices(node: Node, capsys) -> None:
+    code, doc = request(capsys, "--count", "1", "--profile", "3g.20gb", "--owner", "j")
+    uuid = doc["devices"][0]["uuid"]
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        node.backend.attach_device(uuid, proc.pid)
+        assert main(["status", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["busy_devices"] == [uuid]
+        assert main(["status", "--picture", "--no-color"]) == 0
+        assert "[*3g.20gb" in capsys.readouterr().out  # busy wins over leased in the picture
+    finally:
+        proc.kill()
+        proc.wait(timeout=WAIT_S)

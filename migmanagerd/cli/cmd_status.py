@@ -65,6 +65,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         "differences": [],
         "gpus": [],
         "leases": [],
+        "busy_devices": [],
         "last_run": state_doc["last_run"],
         "journal": state_doc["journal"],
         "reboot_guard": state_doc["reboot_guard"],
@@ -76,6 +77,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         node = engine.observe()
         doc["gpus"] = node_json(node)["gpus"]
         doc["leases"] = leases_json(paths, node)
+        doc["busy_devices"] = busy_json(engine.backend, node, doc["problems"])
         if name:
             try:
                 config = pick_config(read_config_file(args.config_file), name)
@@ -102,6 +104,17 @@ def leases_json(paths: Any, node: Any) -> list[dict[str, Any]]:
     ]
 
 
+def busy_json(backend: Any, node: Any, problems: list[str]) -> list[str]:
+    """UUIDs of the MIG devices a process runs on (sorted)."""
+    from migmanagerd.ondemand.serve import busy_devices
+
+    try:
+        return sorted(busy_devices(backend, node))
+    except MigManagerError as exc:
+        problems.append(f"cannot list the processes on MIG devices: {exc}")
+        return []
+
+
 def lease_lines(leases: list[dict[str, Any]]) -> list[str]:
     if not leases:
         return []
@@ -115,7 +128,7 @@ def lease_lines(leases: list[dict[str, Any]]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from migmanagerd.cli.picture import LEASED, draw, json_rows, picture_wanted, use_color
+    from migmanagerd.cli.picture import BUSY, LEASED, draw, json_rows, picture_wanted, use_color
 
     doc = collect(args)
     if args.json:
@@ -124,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     print(render(doc))
     if picture_wanted(args):
         marks = {x["uuid"]: LEASED for x in doc.get("leases", []) if "uuid" in x}
+        marks.update({u: BUSY for u in doc.get("busy_devices", [])})
         print()
         print("\n".join(draw(json_rows(doc["gpus"], marks), use_color(args.no_color))))
     return 0

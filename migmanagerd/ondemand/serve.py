@@ -32,6 +32,7 @@ from migmanagerd.apply.run import ApplyRun
 from migmanagerd.catalog.model import Placement
 from migmanagerd.errors import MigManagerError, SourceLocation
 from migmanagerd.file_lock import LockTimeout, acquire
+from migmanagerd.gpu.backend import Backend
 from migmanagerd.hooks.runner import HookRunner
 from migmanagerd.log import get_logger
 from migmanagerd.ondemand.geometries import AllowedGeometries
@@ -117,6 +118,24 @@ def _holder(path: Path) -> str:
         return "?"
 
 
+def busy_devices(backend: Backend, state: NodeState) -> frozenset[str]:
+    """MIG devices with a process on them. A process holding the GPU but no
+    MIG device (a monitoring agent) pins nothing: NVML lets free instances
+    change beside it, and refuses to destroy one a process runs on."""
+    busy: set[str] = set()
+    for view in state.gpus:
+        if not view.mode.current:
+            continue
+        for proc in backend.processes(view.index):
+            if proc.gi_id is None:
+                continue
+            gi = view.instance(proc.gi_id)
+            for ci in gi.compute_instances if gi is not None else ():
+                if proc.ci_id is None or ci.id == proc.ci_id:
+                    busy.add(ci.uuid)
+    return frozenset(busy)
+
+
 def live_leases(paths: NodePaths, state: NodeState) -> LeaseBook:
     """The leases that stand (owner alive, device present), without writing: for ``status``."""
     book, _ = drop_dead_owners(load_book(leases_path(paths.state_dir)))
@@ -145,21 +164,7 @@ class OnDemand:
     # --- reading -------------------------------------------------------------
 
     def busy_uuids(self, state: NodeState) -> frozenset[str]:
-        """MIG devices with a process on them. A process holding the GPU but no
-        MIG device (a monitoring agent) pins nothing: NVML lets free instances
-        change beside it, and refuses to destroy one a process runs on."""
-        busy: set[str] = set()
-        for view in state.gpus:
-            if not view.mode.current:
-                continue
-            for proc in self.backend.processes(view.index):
-                if proc.gi_id is None:
-                    continue
-                gi = view.instance(proc.gi_id)
-                for ci in gi.compute_instances if gi is not None else ():
-                    if proc.ci_id is None or ci.id == proc.ci_id:
-                        busy.add(ci.uuid)
-        return frozenset(busy)
+        return busy_devices(self.backend, state)
 
     def gpu_states(self, state: NodeState, book: LeaseBook, busy: frozenset[str]) -> list[GpuState]:
         leased = book.leased
