@@ -169,7 +169,7 @@ def test_busy_and_leased_instances_never_move(hami, a100) -> None:
     sel = select([g0], hami, Request(2, 16000))
     # a second 3g.20gb would need slots 4-7, where the pinned ones are: refused
     assert isinstance(sel, Refusal)
-    assert "GPU 0" in sel.reason and "busy and leased" in sel.reason
+    assert "GPU 0" in sel.reason and "busy, leased and shared" in sel.reason
 
 
 def test_change_keeps_pinned_devices_with_placement_and_uuid(a100) -> None:
@@ -213,3 +213,14 @@ def test_refusal_names_the_reason(hami, a100) -> None:
 def test_profile_request(hami, a100) -> None:
     sel = select([gpu(0, a100)], hami, Request(2, None, profile="3g.20gb"))
     assert isinstance(sel, Selection) and [h.profile for h in sel.handouts] == ["3g.20gb", "3g.20gb"]
+
+
+def test_a_gpu_instance_shared_by_compute_instances_is_never_destroyed(hami, a100) -> None:
+    # 3g.20gb with two 1c compute instances: not one MIG device, never handed out nor destroyed
+    shared = DeviceState(MigDevice(Placement(0, 4), "3g.20gb[cis=1c,1c]", None, gi_id=1))
+    g0 = gpu(0, a100, shared)
+    sel = select([g0], hami, Request(1, 16000))
+    assert isinstance(sel, Refusal) and "shared" in sel.reason
+    # the planner cannot keep such an instance in place, so that GPU is left alone; another serves
+    sel = select([g0, gpu(1, a100)], AllowedGeometries("catalog"), Request(1, 4000))
+    assert isinstance(sel, Selection) and [c.gpu for c in sel.changes] == [1]

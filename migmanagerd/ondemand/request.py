@@ -105,11 +105,18 @@ def _canonical(profile: str) -> bool:
         return False
 
 
-def _pinned_slices(gpu: GpuState, taken: set[tuple[int, int]]) -> int:
-    return sum(
-        d.device.placement.size for d in gpu.devices
-        if d.busy or d.lease is not None or (gpu.index, d.device.placement.start) in taken
+def _pinned(gpu: GpuState, d: DeviceState, taken: set[tuple[int, int]]) -> bool:
+    """Must stay where it is: busy, leased, handed out by this request, or a
+    GPU instance that is not one MIG device (no compute instance, or several
+    sharing it): what we do not hand out, we do not destroy."""
+    return (
+        d.busy or d.lease is not None or (gpu.index, d.device.placement.start) in taken
+        or not _canonical(d.device.profile)
     )
+
+
+def _pinned_slices(gpu: GpuState, taken: set[tuple[int, int]]) -> int:
+    return sum(d.device.placement.size for d in gpu.devices if _pinned(gpu, d, taken))
 
 
 def _gpu_order(policy: str, gpu: GpuState, taken: set[tuple[int, int]]) -> tuple[int, int]:
@@ -191,10 +198,7 @@ def _best_change(
         why[gpu.index] = reason or ""
         return None
     current = tuple(d.device for d in gpu.devices)
-    pinned = tuple(
-        d.device for d in gpu.devices
-        if d.busy or d.lease is not None or (gpu.index, d.device.placement.start) in taken
-    )
+    pinned = tuple(d.device for d in gpu.devices if _pinned(gpu, d, taken))
     pinned_keys = {(d.placement.start, d.profile) for d in pinned}
     found: tuple[int, GpuChange, list[Handout]] | None = None
     for geometry in geometries:
@@ -214,7 +218,7 @@ def _best_change(
                 break
     if found is None:
         why[gpu.index] = (
-            "no allowed geometry keeps its busy and leased instances in place and adds a fitting one"
+            "no allowed geometry keeps its busy, leased and shared instances in place and adds a fitting one"
             if pinned else "no allowed geometry has a fitting instance"
         )
         return None

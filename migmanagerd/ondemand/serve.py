@@ -27,7 +27,7 @@ from pathlib import Path
 from migmanagerd.apply import report as R
 from migmanagerd.apply.engine import ApplyEngine
 from migmanagerd.apply.nodeplan import GpuPlanEntry, NodePlan
-from migmanagerd.apply.observe import NodeState
+from migmanagerd.apply.observe import GpuView, NodeState
 from migmanagerd.apply.run import ApplyRun
 from migmanagerd.catalog.model import Placement
 from migmanagerd.errors import MigManagerError, SourceLocation
@@ -46,6 +46,7 @@ from migmanagerd.ondemand.leases import (
     save_book,
 )
 from migmanagerd.ondemand.request import DeviceState, GpuState, Refusal, Request, Selection, select
+from migmanagerd.planner.types import MigDevice
 from migmanagerd.service.paths import NodePaths
 from migmanagerd.service.run import RUN_LOCK_NAME, RUN_LOCK_WAIT_S
 from migmanagerd.service.state import utc_now
@@ -118,6 +119,15 @@ def _holder(path: Path) -> str:
         return "?"
 
 
+def _gi_busy(view: GpuView, device: MigDevice, busy: frozenset[str]) -> bool:
+    """A GPU instance is busy when a process runs on any of its compute
+    instances (one shared by several has no single UUID of its own)."""
+    if device.uuid in busy:
+        return True
+    gi = view.instance(device.gi_id) if device.gi_id is not None else None
+    return gi is not None and any(ci.uuid in busy for ci in gi.compute_instances)
+
+
 def busy_devices(backend: Backend, state: NodeState) -> frozenset[str]:
     """MIG devices with a process on them. A process holding the GPU but no
     MIG device (a monitoring agent) pins nothing: NVML lets free instances
@@ -171,7 +181,7 @@ class OnDemand:
         out = []
         for view in state.gpus:
             devices = tuple(
-                DeviceState(d, busy=d.uuid in busy, lease=leased[d.uuid].owner if d.uuid in leased else None)
+                DeviceState(d, busy=_gi_busy(view, d, busy), lease=leased[d.uuid].owner if d.uuid in leased else None)
                 for d in view.devices
             )
             # a mode change pending a reset would clear the GPU: not a GPU to lay out now
