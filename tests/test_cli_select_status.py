@@ -12,7 +12,7 @@ from migmanagerd.service.selector import read_selector
 from migmanagerd.service.state import StateStore
 
 STATUS_KEYS = {"selection", "matches", "differences", "gpus", "last_run", "journal", "reboot_guard",
-               "integrations", "problems"}
+               "integrations", "problems", "leases", "busy_devices"}
 
 
 def _node(tmp_path, monkeypatch) -> NodePaths:
@@ -40,7 +40,8 @@ def test_select_writes_the_dropin_and_status_names_it_as_the_source(tmp_path, mo
     assert main(["status", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert set(doc) == STATUS_KEYS
-    assert doc["selection"] == {"config": "all-balanced", "source": f"drop-in {paths.dropin}"}
+    assert doc["selection"] == {"config": "all-balanced", "source": f"drop-in {paths.dropin}",
+                                "config_file": str(paths.config_file)}
     assert doc["matches"] is False and len(doc["differences"]) == 2
     assert [g["mig_enabled"] for g in doc["gpus"]] == [False, False]
 

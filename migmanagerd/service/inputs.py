@@ -18,7 +18,7 @@ from migmanagerd.integrations.settings import IntegrationSettings, parse_integra
 from migmanagerd.service.options import ServiceOptions
 from migmanagerd.service.paths import NodePaths
 from migmanagerd.service.selector import validate_config_name
-from migmanagerd.spec.config import parse_config
+from migmanagerd.spec.config import STDIN_PATH, load_config, parse_config
 from migmanagerd.spec.hooks import parse_hooks
 from migmanagerd.spec.selection import pick_config, selected_name
 from migmanagerd.spec.trust import read_trusted, read_trusted_optional
@@ -48,7 +48,10 @@ def load_inputs(opts: ServiceOptions, paths: NodePaths, state_selection: str | N
     """Selection precedence: -c > MIG_PARTED_SELECTED_CONFIG > ``state_selection``
     (the config state.json says was applied last) > the file's only config."""
     config_path = opts.config_file or str(paths.config_file)
-    config_file = parse_config(read_trusted(config_path, "config file"), config_path)
+    if config_path == STDIN_PATH:  # `-f -`: nothing on disk to check
+        config_file = load_config(config_path)
+    else:
+        config_file = parse_config(read_trusted(config_path, "config file"), config_path)
     name = selected_name(opts.selected_config, config_file, fallback=lambda: state_selection)
     config = pick_config(config_file, name)
     if opts.persist_selection:
