@@ -24,7 +24,7 @@ STANDIN_ENV = "MIGMANAGERD_NVML_STANDIN"  # "sim": the simulated node of MIGMANA
 STRICT_ENV = "MIGMANAGERD_NVML_STANDIN_STRICT"  # "1": *count is the buffer's capacity
 BUSY_ENV = "MIGMANAGERD_NVML_STANDIN_BUSY"  # "0,3": GPUs whose mode change answers IN_USE
 
-__all__ = ["SYMBOLS", "StandinLibrary", "enabled", "ensure_installed", "from_env", "install", "nvidia_smi_argv", "uninstall"]
+__all__ = ["BUSY_ENV", "STANDIN_ENV", "STRICT_ENV", "SYMBOLS", "StandinLibrary", "enabled", "ensure_installed", "from_env", "install", "load_bindings", "nvidia_smi_argv", "sysfs_root", "uninstall"]
 
 
 def enabled() -> bool:
@@ -89,6 +89,37 @@ def ensure_installed() -> StandinLibrary:
     lib = from_env()
     install(lib, pynvml)
     return lib
+
+
+def load_bindings() -> Any:
+    """A private copy of the unmodified ``pynvml`` module (its own ``nvmlLib``
+    and refcount), so several stand-ins can live in one process."""
+    import importlib.util
+
+    path = _bindings().__file__
+    spec = importlib.util.spec_from_file_location("pynvml", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sysfs_root(lib: StandinLibrary) -> Path:
+    """A sysfs tree for ``NvmlBackend.reset_available``: each GPU's PCI
+    function offers ``reset`` unless the node was made with ``--no-reset``."""
+    from migmanagerd.gpu.nvml import pci_sysfs_name
+
+    node = SimBackend(lib.state_path).snapshot()
+    root = lib.state_path.with_name(lib.state_path.name + ".sysfs")
+    for gpu in node.gpus:
+        dev = root / "bus" / "pci" / "devices" / pci_sysfs_name(gpu.pci_bus_id)
+        dev.mkdir(parents=True, exist_ok=True)
+        reset = dev / "reset"
+        if node.no_reset:
+            reset.unlink(missing_ok=True)
+        else:
+            reset.touch()
+    return root
 
 
 def nvidia_smi_argv(lib: StandinLibrary) -> tuple[str, ...]:

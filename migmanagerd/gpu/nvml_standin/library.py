@@ -165,6 +165,7 @@ class StandinLibrary:
         self._handles: dict[int, _Ref] = {}
         self._by_ref: dict[_Ref, int] = {}
         self._strings: dict[int, ctypes.Array[ctypes.c_char]] = {}
+        self._failures: dict[str, list[int]] = {}  # symbol -> codes to answer next (fail())
         skip = set(missing)
         for name, argtypes in _PROTOS.items():
             if name not in skip:
@@ -172,6 +173,14 @@ class StandinLibrary:
                 setattr(self, name, proto(self._entry(name, getattr(self, "_" + name))))
         if "nvmlErrorString" not in skip:
             self.nvmlErrorString = ctypes.CFUNCTYPE(c_void_p, c_int)(self._error_string)
+
+    def fail(self, name: str, code: int, times: int = 1) -> None:
+        """Answer the next ``times`` calls of symbol ``name`` with ``code``,
+        changing nothing: errors a simulated node cannot produce (GPU_IS_LOST,
+        NO_PERMISSION) reach the caller through pynvml as a driver's would."""
+        if name not in _PROTOS:
+            raise ValueError(f"the stand-in has no symbol {name}")
+        self._failures.setdefault(name, []).extend([code] * times)
 
     # -- plumbing --------------------------------------------------------------
 
@@ -182,6 +191,9 @@ class StandinLibrary:
                 with self._lock:
                     if name not in _NO_SESSION and self._sessions == 0:
                         raise NvmlReturn(E.UNINITIALIZED, "nvmlInit was not called")
+                    queued = self._failures.get(name)
+                    if queued:
+                        raise NvmlReturn(queued.pop(0), "injected by fail()")
                     fn(*args)
                 return E.SUCCESS
             except NvmlReturn as exc:
