@@ -450,7 +450,7 @@ class NvmlBackend:
             with self._call(index, action):
                 gi = nv.nvmlDeviceGetGpuInstanceById(h, gi_id)
             try:
-                info = nv.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi, ci_profile_id, nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+                info = self._ci_profile_info(gi, ci_profile_id)
             except nv.NVMLError as exc:
                 if self._is(exc, "NOT_SUPPORTED", "INVALID_ARGUMENT"):
                     # the simulator's code for "no such CI profile in this GI"

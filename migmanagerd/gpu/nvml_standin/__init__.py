@@ -100,7 +100,15 @@ def load_bindings() -> Any:
     spec = importlib.util.spec_from_file_location("pynvml", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    real = sys.modules.get("pynvml")
+    # pynvml adds its NVMLError_* classes to sys.modules[__name__]: let that
+    # be the copy while it loads, so they land on it.
+    sys.modules["pynvml"] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if real is not None:
+            sys.modules["pynvml"] = real
     return module
 
 
