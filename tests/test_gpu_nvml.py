@@ -392,16 +392,37 @@ def logging_smi(tmp_path: Path, body: str) -> tuple[Path, Path]:
     return script, log
 
 
+def with_smi(backend: NvmlOverSim, script: Path, **kw) -> NvmlBackend:
+    """Another backend of this process on the same NVML session, resetting
+    with ``script`` as nvidia-smi."""
+    b = NvmlBackend(nvml=backend._nv, nvidia_smi=str(script), **kw)
+    _EXTRA.append(b)
+    return b
+
+
+_EXTRA: list[NvmlBackend] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_extra():
+    yield
+    while _EXTRA:
+        _EXTRA.pop().close()
+
+
 def test_reset_is_one_call_by_bus_id_with_nvml_released(backend, tmp_path):
+    """nvidia-smi refuses to reset while any NVML client is open, this
+    process included: the stand-in's refuses too, so the reset only happens
+    when the backend has shut NVML down (and it comes back afterwards)."""
     real_smi = " ".join(nvml_standin.nvidia_smi_argv(backend.lib))
     script, log = logging_smi(tmp_path, f'exec {real_smi} "$@"')
-    backend._nvidia_smi = (str(script),)
-    backend.set_mig_mode(0, True)
-    backend.set_mig_mode(1, True)
-    backend.reset([1, 0, 1])
-    assert log.read_text().splitlines() == ["-r -i 00000000:0F:00.0,00000000:07:00.0"]
-    assert backend.mig_mode(0) == backend.mig_mode(1) == MigMode(True, True)
+    b = with_smi(backend, script)
+    b.set_mig_mode(0, True)
+    b.set_mig_mode(1, True)
+    b.reset([1, 0, 1])
     assert backend.snapshot().ops["reset"] == 2
+    assert b.mig_mode(0) == b.mig_mode(1) == MigMode(True, True)
+    assert log.read_text().splitlines() == ["-r -i 00000000:0F:00.0,00000000:07:00.0"]
     assert backend.lib.sessions == 1  # initialised again afterwards
     assert backend.lib.calls.count("nvmlShutdown") == 1
 
@@ -435,9 +456,8 @@ def test_reset_while_another_nvml_client_is_open_is_refused(backend):
 
 def test_reset_failure_carries_the_output(backend, tmp_path):
     script, _ = logging_smi(tmp_path, "echo 'Unable to reset GPU 00000000:07:00.0: In use by another client' >&2; exit 255")
-    backend._nvidia_smi = (str(script),)
     with pytest.raises(BackendError) as e:
-        backend.reset([0])
+        with_smi(backend, script).reset([0])
     assert (e.value.gpu_index, e.value.code) == (0, "IN_USE")
     assert "In use by another client" in str(e.value)
     assert backend.lib.sessions == 1  # NVML is back even after a failed reset
@@ -445,9 +465,8 @@ def test_reset_failure_carries_the_output(backend, tmp_path):
 
 def test_reset_other_failure(backend, tmp_path):
     script, _ = logging_smi(tmp_path, "echo 'GPU is lost'; exit 15")
-    backend._nvidia_smi = (str(script),)
     with pytest.raises(BackendError) as e:
-        backend.reset([3])
+        with_smi(backend, script).reset([3])
     assert (e.value.gpu_index, e.value.code) == (3, "RESET_FAILED")
     assert "exited 15" in str(e.value)
 
@@ -455,13 +474,9 @@ def test_reset_other_failure(backend, tmp_path):
 def test_reset_timeout_is_bounded(tmp_path):
     b = make(tmp_path)
     script, _ = logging_smi(tmp_path, "exec sleep 30")
-    b2 = NvmlBackend(nvml=b._nv, nvidia_smi=str(script), reset_timeout_s=0.2)
-    try:
-        with pytest.raises(BackendError) as e:
-            b2.reset([0])
-        assert e.value.code == "TIMEOUT"
-    finally:
-        b2.close()
+    with pytest.raises(BackendError) as e:
+        with_smi(b, script, reset_timeout_s=0.2).reset([0])
+    assert e.value.code == "TIMEOUT"
 
 
 def test_reset_without_nvidia_smi(backend, monkeypatch):
