@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from functools import cache
 from pathlib import Path
-
 from typing import Any
 
 from migmanagerd.apply.engine import ApplyEngine
@@ -84,6 +83,11 @@ def use_backend_env(monkeypatch, kind: str | None = None) -> None:
         monkeypatch.setenv(nvml_standin.STANDIN_ENV, "sim")
     else:
         monkeypatch.delenv(nvml_standin.STANDIN_ENV, raising=False)
+
+
+def nvml_clients_dir(backend: Any) -> Path:
+    """Where the NVML stand-in records its sessions on this node (made on first use)."""
+    return nvml_standin.ClientRegistry(Path(backend.state_path)).dir
 
 
 def close_backends() -> None:

@@ -649,7 +649,7 @@ def test_discovery_names_errors_and_falls_back_to_the_v1_call(tmp_path):
     diffs = script.compare_with_catalog(report["gpus"][0], CATALOG.find("A30-24GB"))  # wrong model on purpose
     assert diffs
     with pytest.raises(PermissionError):
-        script.ReadOnlyNvml(b._nv).nvmlDeviceSetMigMode
+        _ = script.ReadOnlyNvml(b._nv).nvmlDeviceSetMigMode
 
 
 def test_threads_one_per_gpu(tmp_path):

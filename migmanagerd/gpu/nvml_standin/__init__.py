@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from migmanagerd.errors import UsageError
+from migmanagerd.gpu.nvml_standin.clients import ClientRegistry
 from migmanagerd.gpu.nvml_standin.library import SYMBOLS, StandinLibrary
 from migmanagerd.gpu.sim import SimBackend, state_path_from_env
 
@@ -24,7 +25,7 @@ STANDIN_ENV = "MIGMANAGERD_NVML_STANDIN"  # "sim": the simulated node of MIGMANA
 STRICT_ENV = "MIGMANAGERD_NVML_STANDIN_STRICT"  # "1": *count is the buffer's capacity
 BUSY_ENV = "MIGMANAGERD_NVML_STANDIN_BUSY"  # "0,3": GPUs whose mode change answers IN_USE
 
-__all__ = ["BUSY_ENV", "STANDIN_ENV", "STRICT_ENV", "SYMBOLS", "StandinLibrary", "enabled", "ensure_installed", "from_env", "install", "load_bindings", "nvidia_smi_argv", "sysfs_root", "uninstall"]
+__all__ = ["BUSY_ENV", "STANDIN_ENV", "STRICT_ENV", "SYMBOLS", "ClientRegistry", "StandinLibrary", "enabled", "ensure_installed", "from_env", "install", "load_bindings", "nvidia_smi_argv", "sysfs_root", "uninstall"]
 
 
 def enabled() -> bool:
