@@ -75,14 +75,16 @@ def sim_node(tmp_path: Path, spec: str, *, name: str = "node.json", backend: str
     return SimBackend(path, catalog=catalog())
 
 
-def use_backend_env(monkeypatch, kind: str | None = None) -> None:
-    """Environment for a CLI run on the simulated node with the current backend."""
+def backend_env(kind: str | None = None) -> dict[str, str]:
+    """Environment for a migmanagerd process on the simulated node with the current backend."""
     kind = kind or BACKEND[0]
-    monkeypatch.setenv("MIGMANAGERD_BACKEND", kind)
-    if kind == "nvml":
-        monkeypatch.setenv(nvml_standin.STANDIN_ENV, "sim")
-    else:
-        monkeypatch.delenv(nvml_standin.STANDIN_ENV, raising=False)
+    return {"MIGMANAGERD_BACKEND": kind, nvml_standin.STANDIN_ENV: "sim" if kind == "nvml" else ""}
+
+
+def use_backend_env(monkeypatch, kind: str | None = None) -> None:
+    """The same, for a CLI run in this process."""
+    for name, value in backend_env(kind).items():
+        monkeypatch.setenv(name, value)
 
 
 def nvml_clients_dir(backend: Any) -> Path:
