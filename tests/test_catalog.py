@@ -204,6 +204,29 @@ def test_every_config_default_profile_is_in_an_admitted_model():
         assert admitted, f"{name} entry {i}: no catalog model has ids {filters}"
         for prof in devices:
             gi = MigProfile.parse(prof).gi_name
+            if gi in GB200_PRE_PRODUCTION:
+                continue  # no SKU has them (below)
             assert any(m.gi_profile(gi) for m in admitted), f"{name} entry {i}: {prof}"
             checked += 1
     assert checked > 60
+
+
+# mig-parted's pre-production names for GB200's profiles (its PR #228 renamed
+# them; the ids did not change). No "GB200-189GB" SKU exists to carry them.
+GB200_PRE_PRODUCTION = ("3g.95gb", "4g.95gb", "7g.189gb")
+
+
+def test_gb200_pre_production_names_belong_to_no_model():
+    for name in GB200_PRE_PRODUCTION:
+        assert not [m.name for m in MODELS if m.gi_profile(name)], name
+    assert CATALOG.get("GB200-189GB") is None
+    assert all(n in CATALOG.get("GB200").notes for n in GB200_PRE_PRODUCTION)
+
+
+def test_rtx_pro_6000_editions_and_a100_pcie_ids():
+    for pci in (0x2BB5, 0x2BB1, 0x2BB4):
+        assert CATALOG.for_device((pci << 16) | 0x10DE, "").name == "RTX-PRO-6000-Blackwell", hex(pci)
+    for pci in (0x20B1, 0x20F6):
+        assert CATALOG.for_device((pci << 16) | 0x10DE, "").name == "A100-SXM4-40GB", hex(pci)
+    model = CATALOG.find("NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition")
+    assert model is not None and model.name == "RTX-PRO-6000-Blackwell"
