@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from migmanagerd.catalog.load import CatalogError, load_catalog, parse_catalog
+from migmanagerd.planner.placement import plan_gpu
 from migmanagerd.spec.profile import MigProfile
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "mig-parted"
@@ -204,23 +205,22 @@ def test_every_config_default_profile_is_in_an_admitted_model():
         assert admitted, f"{name} entry {i}: no catalog model has ids {filters}"
         for prof in devices:
             gi = MigProfile.parse(prof).gi_name
-            if gi in GB200_PRE_PRODUCTION:
-                continue  # no SKU has them (below)
             assert any(m.gi_profile(gi) for m in admitted), f"{name} entry {i}: {prof}"
             checked += 1
     assert checked > 60
 
 
-# mig-parted's pre-production names for GB200's profiles (its PR #228 renamed
-# them; the ids did not change). No "GB200-189GB" SKU exists to carry them.
-GB200_PRE_PRODUCTION = ("3g.95gb", "4g.95gb", "7g.189gb")
-
-
-def test_gb200_pre_production_names_belong_to_no_model():
-    for name in GB200_PRE_PRODUCTION:
-        assert not [m.name for m in MODELS if m.gi_profile(name)], name
+def test_gb200_pre_production_names_are_former_names_of_its_profiles():
+    """mig-parted's 3g.95gb/4g.95gb/7g.189gb were GB200's pre-production names
+    (renamed in its PR #228, ids unchanged): no "GB200-189GB" SKU carries them."""
+    gb200 = CATALOG.get("GB200")
     assert CATALOG.get("GB200-189GB") is None
-    assert all(n in CATALOG.get("GB200").notes for n in GB200_PRE_PRODUCTION)
+    for old, now in (("1g.24gb", "1g.23gb"), ("3g.95gb", "3g.93gb"), ("4g.95gb", "4g.93gb"), ("7g.189gb", "7g.186gb")):
+        assert gb200.gi_profile(old) is gb200.gi_profile(now), old
+        if old != "1g.24gb":  # a real name on other models
+            assert [m.name for m in MODELS if m.gi_profile(old)] == ["GB200"], old
+    plan = plan_gpu(gb200, [], [(MigProfile.parse("3g.95gb"), 2)])
+    assert [d.profile for d in plan.create] == ["3g.93gb", "3g.93gb"]
 
 
 def test_rtx_pro_6000_editions_and_a100_pcie_ids():
