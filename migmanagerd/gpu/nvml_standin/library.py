@@ -163,6 +163,7 @@ class StandinLibrary:
         self._lock = threading.RLock()
         self._sessions = 0
         self._handles: dict[int, _Ref] = {}
+        self._issued = 0  # handles are never reused: a stale one stays stale
         self._by_ref: dict[_Ref, int] = {}
         self._strings: dict[int, ctypes.Array[ctypes.c_char]] = {}
         self._failures: dict[str, list[int]] = {}  # symbol -> codes to answer next (fail())
@@ -194,7 +195,9 @@ class StandinLibrary:
                     queued = self._failures.get(name)
                     if queued:
                         raise NvmlReturn(queued.pop(0), "injected by fail()")
-                    fn(*args)
+                # Not under the lock: calls on different GPUs overlap, as in
+                # NVML (the simulator serialises what it must itself).
+                fn(*args)
                 return E.SUCCESS
             except NvmlReturn as exc:
                 return exc.code
@@ -222,15 +225,18 @@ class StandinLibrary:
         return self.sim.snapshot()
 
     def _handle_for(self, ref: _Ref) -> int:
-        h = self._by_ref.get(ref)
-        if h is None:
-            h = _HANDLE_BASE + _HANDLE_STEP * (len(self._handles) + 1)
-            self._handles[h] = ref
-            self._by_ref[ref] = h
-        return h
+        with self._lock:
+            h = self._by_ref.get(ref)
+            if h is None:
+                self._issued += 1
+                h = _HANDLE_BASE + _HANDLE_STEP * self._issued
+                self._handles[h] = ref
+                self._by_ref[ref] = h
+            return h
 
     def _ref(self, handle: int | None, *kinds: str) -> _Ref:
-        ref = self._handles.get(handle or 0)
+        with self._lock:
+            ref = self._handles.get(handle or 0)
         if ref is None or ref.kind not in kinds:
             raise NvmlReturn(E.INVALID_ARGUMENT, f"not a {'/'.join(kinds)} handle")
         return ref
@@ -304,16 +310,18 @@ class StandinLibrary:
         self._nvmlInitWithFlags(0)
 
     def _nvmlInitWithFlags(self, _flags: int) -> None:
-        if self._sessions == 0:
-            self._clients.register()
-        self._sessions += 1
+        with self._lock:
+            if self._sessions == 0:
+                self._clients.register()
+            self._sessions += 1
 
     def _nvmlShutdown(self) -> None:
-        self._sessions -= 1
-        if self._sessions == 0:
-            self._clients.unregister()
-            self._handles.clear()  # every handle dies with the last session
-            self._by_ref.clear()
+        with self._lock:
+            self._sessions -= 1
+            if self._sessions == 0:
+                self._clients.unregister()
+                self._handles.clear()  # every handle dies with the last session
+                self._by_ref.clear()
 
     @property
     def sessions(self) -> int:
@@ -425,10 +433,11 @@ class StandinLibrary:
         self._forget(gpu.index)  # handles of a GPU do not survive a mode change
 
     def _forget(self, index: int) -> None:
-        for h, ref in list(self._handles.items()):
-            if ref.gpu == index and ref.kind != "device":
-                del self._handles[h]
-                del self._by_ref[ref]
+        with self._lock:
+            for h, ref in list(self._handles.items()):
+                if ref.gpu == index and ref.kind != "device":
+                    del self._handles[h]
+                    del self._by_ref[ref]
 
     # -- GPU instances -----------------------------------------------------------
 
