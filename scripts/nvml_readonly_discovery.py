@@ -134,7 +134,7 @@ def _compute_instances(nv: Any, gi: Any) -> list[dict[str, Any]]:
 
 
 def _instances(nv: Any, h: Any, profiles: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for p in profiles:
         if "id" not in p or not p.get("instanceCount"):
             continue

@@ -8,7 +8,7 @@ import os
 from collections import Counter
 
 import pytest
-from apply_helpers import NvmlOverSim, catalog, close_backends, default_configs, layout, ops
+from apply_helpers import NvmlOverSim, catalog, close_backends, default_configs, layout, ops, unfiltered_configs
 
 from migmanagerd.apply import report as R
 from migmanagerd.apply.engine import ApplyEngine
@@ -143,6 +143,8 @@ def test_transition_keeps_uuids_over_nvml(tmp_path):
     eng.apply(balanced())
     before = {d.uuid for v in eng.observe().gpus if v.index in (0, 1) for d in v.devices if d.profile == "3g.20gb"}
     assert len(before) == 2
+    # without a device-filter all-3g.20gb does not fit the H100, so use the A100 GPUs only
+    assert not eng.plan(unfiltered_configs().configs["all-3g.20gb"]).feasible
     cfg = parse_config(
         'version: v1\nmig-configs:\n  a:\n    - devices: [0, 1]\n      mig-enabled: true\n      mig-devices: {"3g.20gb": 2}\n',
         "a.yaml",

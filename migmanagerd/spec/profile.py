@@ -3,7 +3,7 @@
 A name in ``mig-devices`` names one MIG device: a GPU instance of ``Ng.Mgb``
 holding one compute instance of ``N`` compute slices (the whole GPU instance
 when the ``Nc.`` prefix is absent). Attribute rules follow the MIG user guide
-and NVML's profile naming (see docs/mig-geometry-facts in the shared docs):
+and NVML's profile naming (docs/mig-geometry.md, section 2):
 ``+me`` (media engines), ``+me.all`` (all media engines), ``+gfx`` (graphics),
 ``-me`` (no media engines); ``+`` and ``-`` attributes never mix.
 """
