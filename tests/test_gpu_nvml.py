@@ -342,6 +342,18 @@ def test_processes_from_the_node(backend):
     assert backend.processes(1) == ()
 
 
+def test_processes_on_mig_devices_name_their_gpu_and_compute_instance(backend):
+    enable(backend, 0)
+    g = backend.create_gpu_instance(0, gi(A100, "3g.20gb"), 4)
+    c = backend.create_compute_instance(0, g.id, ci(A100, "3g.20gb", "3g.20gb"))
+    backend.sim.attach_device(c.uuid, os.getpid())
+    procs = backend.processes(0)
+    assert [(p.pid, p.gi_id, p.ci_id) for p in procs] == [(os.getpid(), g.id, c.id)]
+    with pytest.raises(BackendError) as e:
+        backend.destroy_compute_instance(0, g.id, c.id)  # a process runs on it
+    assert e.value.code == "IN_USE"
+
+
 def test_processes_on_a_driver_without_the_v3_calls(tmp_path):
     """pynvml's unversioned call raises NVMLLibraryMismatchError (not an
     NVMLError) when the driver lacks _v3; the _v2 call answers instead."""

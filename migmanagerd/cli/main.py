@@ -27,6 +27,9 @@ COMMANDS = (
     "generate_config",
     "service",
     "sim",
+    "request",
+    "release",
+    "suggest",
 )
 
 

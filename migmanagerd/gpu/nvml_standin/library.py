@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from migmanagerd.catalog.model import GiProfile, GpuModel
-from migmanagerd.gpu.backend import BackendError
+from migmanagerd.gpu.backend import BackendError, GpuProcess
 from migmanagerd.gpu.nvml_standin import codes as E
 from migmanagerd.gpu.nvml_standin import structs as S
 from migmanagerd.gpu.nvml_standin.clients import ClientRegistry
@@ -61,6 +61,7 @@ DRIVER_GI_SELECTORS = 0x12
 DRIVER_CI_PROFILES = 0x9
 CI_1_SLICE_REV1, CI_7_SLICE_NVL = 7, 8
 ENGINE_SHARED = 0
+NOT_ON_MIG = 0xFFFFFFFF  # nvmlProcessInfo_t ids of a process not on a MIG device
 
 _HANDLE_BASE = 0x5EED_0000
 _HANDLE_STEP = 0x40
@@ -388,23 +389,25 @@ class StandinLibrary:
         mem.total = mem.free = gpu.memory_mib * 1024 * 1024
         mem.used = mem.reserved = 0
 
-    def _processes(self, pids: list[int], count_ptr: int | None, buf: int | None) -> None:
+    def _processes(self, procs: list[GpuProcess], count_ptr: int | None, buf: int | None) -> None:
         count = _out(count_ptr, c_uint)
-        if not buf or count.value < len(pids):
+        if not buf or count.value < len(procs):
             # both readings agree here: NVML reports the size it needs
-            count.value = len(pids)
-            if pids:
-                raise NvmlReturn(E.INSUFFICIENT_SIZE, f"{len(pids)} processes")
+            count.value = len(procs)
+            if procs:
+                raise NvmlReturn(E.INSUFFICIENT_SIZE, f"{len(procs)} processes")
             return
-        arr = (S.ProcessInfo * max(len(pids), 1)).from_address(buf)
-        for i, pid in enumerate(pids):
-            arr[i].pid, arr[i].usedGpuMemory = pid, 0
-            arr[i].gpuInstanceId = arr[i].computeInstanceId = 0xFFFFFFFF
-        count.value = len(pids)
+        arr = (S.ProcessInfo * max(len(procs), 1)).from_address(buf)
+        for i, p in enumerate(procs):
+            arr[i].pid, arr[i].usedGpuMemory = p.pid, 0
+            # the MIG device it runs on; 0xFFFFFFFF when on the whole GPU
+            arr[i].gpuInstanceId = NOT_ON_MIG if p.gi_id is None else p.gi_id
+            arr[i].computeInstanceId = NOT_ON_MIG if p.ci_id is None else p.ci_id
+        count.value = len(procs)
 
     def _nvmlDeviceGetComputeRunningProcesses_v3(self, h: int | None, count: int | None, buf: int | None) -> None:
         _, gpu = self._device(h)
-        self._processes([p.pid for p in self.sim.processes(gpu.index)], count, buf)
+        self._processes(list(self.sim.processes(gpu.index)), count, buf)
 
     def _nvmlDeviceGetGraphicsRunningProcesses_v3(self, h: int | None, count: int | None, buf: int | None) -> None:
         self._device(h)
