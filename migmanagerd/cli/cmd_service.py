@@ -14,6 +14,7 @@ from migmanagerd.cli.common import (
     add_selected_config,
     env_flag,
 )
+from migmanagerd.spec.limits import timeout_problem
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -47,8 +48,9 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds (--hook-timeout or MIGMANAGERD_HOOK_TIMEOUT)") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"'{text}': seconds must be a positive number (--hook-timeout or MIGMANAGERD_HOOK_TIMEOUT)")
+    problem = timeout_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"'{text}': {problem} (--hook-timeout or MIGMANAGERD_HOOK_TIMEOUT)")
     return value
 
 
