@@ -14,6 +14,7 @@ from migmanagerd.cli.common import (
     add_selected_config,
     env_flag,
 )
+from migmanagerd.service.run import ServiceOptions
 from migmanagerd.spec.limits import timeout_problem
 
 
@@ -54,9 +55,8 @@ def _seconds(text: str) -> float:
     return value
 
 
-def options_from_args(args: argparse.Namespace, *, persist_selection: bool):
+def options_from_args(args: argparse.Namespace, *, persist_selection: bool) -> ServiceOptions:
     from migmanagerd.cli.persisted_args import fill_from_persisted
-    from migmanagerd.service.run import ServiceOptions
 
     # without -c/-f/-k: what the unit would use (its drop-in), not just the defaults
     persisted = fill_from_persisted(args)
@@ -74,7 +74,7 @@ def options_from_args(args: argparse.Namespace, *, persist_selection: bool):
     )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "service",
         help="converge the node to the selected config (run by nvidia-mig-manager.service)",

@@ -34,7 +34,7 @@ from migmanagerd.spec.types import ConfigEntry, ConfigFile, MigConfig
 log = get_logger("validate")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "validate",
         help="check a config (and hooks) file against the MIG geometry catalog",

@@ -294,13 +294,15 @@ def _merge_sources(value: YNode) -> dict[str, tuple[YNode, SourceLocation]]:
 def require_map(node: YNode, *, context: str | None = None, field: str | None = None) -> dict[str, YNode]:
     if node.kind != "map":
         raise SpecError(f"expected a mapping, got {node.type_name}", node.loc, context=context, field=field)
-    return node.value
+    mapping: dict[str, YNode] = node.value
+    return mapping
 
 
 def require_seq(node: YNode, *, context: str | None = None, field: str | None = None) -> list[YNode]:
     if node.kind != "seq":
         raise SpecError(f"expected a list, got {node.type_name}", node.loc, context=context, field=field)
-    return node.value
+    items: list[YNode] = node.value
+    return items
 
 
 def require_str(node: YNode, *, context: str | None = None, field: str | None = None) -> str:
