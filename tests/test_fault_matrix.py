@@ -42,7 +42,7 @@ from e2e_support import (
     service_argv,
     write_client_hook,
 )
-from systemd_harness import UnitSandbox
+from systemd_harness import HarnessError, UnitSandbox
 
 DCGM = "fm-dcgm.service"  # After=nvidia-gpu-reset.target, enabled: its start is only queued
 MONITOR = "fm-monitor.service"  # not ordered after the target, NOT enabled: started by hand
@@ -165,7 +165,7 @@ class Env:
         try:
             self.sd.wait_for(unit, "active", timeout=10)
             return True
-        except Exception:
+        except (HarnessError, subprocess.SubprocessError):
             return False
 
 
