@@ -8,6 +8,7 @@ No wall-clock threshold is asserted.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -75,7 +76,7 @@ def test_one_gpu_writes_in_order(tmp_path):
     eng.apply(default_configs().configs["all-1g.5gb"])
     for gpu in (0, 1):
         mine = sorted((c for c in rec.calls if c[0] == gpu), key=lambda c: c[2])
-        for a, b in zip(mine, mine[1:]):
+        for a, b in itertools.pairwise(mine):
             assert a[3] <= b[2], f"GPU {gpu}: {a[1]} and {b[1]} overlapped"
 
 

@@ -27,7 +27,7 @@ def feasible_targets() -> tuple[tuple[tuple[str, int], ...], ...]:
     names = ["1g.5gb", "1g.10gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb", "1c.3g.20gb"]
     out = []
     for counts in itertools.product(range(8), range(5), range(4), range(3), range(2), range(2), range(3)):
-        target = tuple((n, c) for n, c in zip(names, counts) if c)
+        target = tuple((n, c) for n, c in zip(names, counts, strict=True) if c)
         if sum(counts) > 7:
             continue
         wanted = [(MigProfile.parse(n), c) for n, c in target]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
 
 import pytest
+from systemd_harness import HarnessError
 
 from migmanagerd.clients.policy import (
     ClientController,
@@ -372,7 +374,7 @@ def test_naive_blocking_start_from_the_oneshot_deadlocks_until_timeout(systemd_u
     u.systemctl("start", "--no-block", T)
     try:
         u.wait_for("t-mig.service", "active", timeout=20)
-    except Exception:
+    except (HarnessError, subprocess.SubprocessError):
         raise AssertionError(oneshot_log(u)) from None
     result = json.loads(out.read_text())
     # The client's start job waited for the target, which waited for the

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from migmanagerd.errors import MigManagerError
 from migmanagerd.integrations.drain import SlurmDrain
 from migmanagerd.integrations.layout import RunSummary
 from migmanagerd.integrations.scontrol import Scontrol
@@ -97,7 +98,7 @@ def cluster(tmp_path_factory):
         def idle():
             try:
                 st = scontrol.show_node(NODE)
-            except Exception:
+            except MigManagerError:  # not registered yet
                 return False
             return st.base_state == "IDLE" and not st.flags
         _wait("the test node to register", idle)

@@ -63,10 +63,10 @@ def test_a_run_writes_metrics_and_gres_and_status_reports_them(tmp_path, monkeyp
     assert matched == [1.0]
     gres = (paths.config_file.parents[1] / "slurm" / "gres.conf").read_text()
     # all-balanced: 2x 1g.5gb, 1x 2g.10gb, 1x 3g.20gb on each of the 2 GPUs
-    lines = [l for l in gres.splitlines() if l.startswith("Name=gpu")]
+    lines = [line for line in gres.splitlines() if line.startswith("Name=gpu")]
     assert len(lines) == 8
-    assert sum("Type=1g.5gb" in l for l in lines) == 4
-    assert all("File=/dev/nvidia-caps/nvidia-cap" in l for l in lines)
+    assert sum("Type=1g.5gb" in line for line in lines) == 4
+    assert all("File=/dev/nvidia-caps/nvidia-cap" in line for line in lines)
 
     stored = StateStore(paths).load().state.integrations
     assert stored["metrics"]["enabled"] is True and stored["slurm"]["enabled"] is True

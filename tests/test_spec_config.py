@@ -5,6 +5,9 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from migmanagerd.errors import EXIT_USAGE, SpecError
 from migmanagerd.spec.config import load_config, parse_config
@@ -397,9 +400,6 @@ def test_error_message_is_one_line():
 
 # --- properties -------------------------------------------------------------------
 
-import yaml  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st
 
 _profiles = st.sampled_from(["1g.5gb", "2g.10gb", "3g.20gb", "1c.3g.20gb", "1g.10gb+me", "7g.40gb", "1g.24gb+gfx"])
 _entries = st.fixed_dictionaries(
@@ -424,7 +424,7 @@ def test_valid_configs_round_trip(configs):
     for name, entries in configs.items():
         parsed = cf.configs[name].entries
         assert len(parsed) == len(entries)
-        for raw, entry in zip(entries, parsed):
+        for raw, entry in zip(entries, parsed, strict=True):
             assert entry.devices == ("all" if raw["devices"] == "all" else tuple(raw["devices"]))
             assert entry.mig_enabled is raw["mig-enabled"]
             assert [str(f) for f in entry.device_filters] == raw.get("device-filter", [])

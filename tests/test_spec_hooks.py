@@ -5,6 +5,9 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from migmanagerd.errors import SpecError
 from migmanagerd.spec.hooks import load_hooks, parse_hooks
@@ -197,9 +200,6 @@ def test_env_name_with_newline_is_rejected():
     assert where(e) == (5, 14) and "contains a control character" in e.message and "\n" not in str(e)
 
 
-import yaml  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 9), st.text(max_size=8))
 _values = st.recursive(

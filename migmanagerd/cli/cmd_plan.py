@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from migmanagerd.apply.nodeplan import NodePlan
 from migmanagerd.cli.common import add_backend, add_config_file, add_debug, add_mode_only, add_selected_config
 from migmanagerd.cli.persisted_args import fill_from_persisted
+from migmanagerd.cli.picture import add_picture_options, picture_wanted
 from migmanagerd.cli.selection import load_selection, open_engine
 from migmanagerd.errors import EXIT_OK, EXIT_USAGE
 from migmanagerd.planner.types import GpuPlan, MigDevice
@@ -30,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_selected_config(p)
     add_mode_only(p, "plan")
     p.add_argument("--json", action="store_true", help="machine-readable output (keys in docs/engine.md)")
+    add_picture_options(p)
     add_backend(p)
     add_debug(p)
     p.set_defaults(func=run)
@@ -73,12 +76,28 @@ def format_plan(plan) -> list[str]:
     return lines
 
 
+def inferred_plan_notes(plan: NodePlan) -> list[str]:
+    """A note per GPU whose target layout uses profiles the catalog flags ``confirmed: false``."""
+    from migmanagerd.catalog.load import load_catalog
+    from migmanagerd.planner.certainty import inferred_profiles, note
+
+    catalog = load_catalog()
+    lines = []
+    for e in plan.gpus:
+        model = catalog.get(e.model) if e.selected and e.feasible and not e.mode_only else None
+        names = inferred_profiles(model, (p for p, _ in e.target_devices)) if model is not None else ()
+        if model is not None and names:
+            lines.append(note(f"GPU {e.index}", model, names))
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     persisted = fill_from_persisted(args)
     _, config = load_selection(args, fallback=lambda: persisted.fallback)
     engine = open_engine(args)
     try:
-        plan = engine.plan(config, mode_only=args.mode_only)
+        state = engine.observe()
+        plan = engine.plan(config, mode_only=args.mode_only, state=state)
     finally:
         engine.backend.close()
     if args.json:
@@ -86,8 +105,13 @@ def run(args: argparse.Namespace) -> int:
 
         print(json.dumps(plan_json(plan), indent=2))
     else:
-        for line in format_plan(plan):
+        for line in format_plan(plan) + inferred_plan_notes(plan):
             print(line)
+        if picture_wanted(args):
+            from migmanagerd.cli.picture import draw, plan_rows, use_color
+
+            print()
+            print("\n".join(draw(plan_rows(plan, state), use_color(args.no_color))))
         if not plan.feasible:
             print(f"config '{plan.config}' does not fit this node")
     return EXIT_OK if plan.feasible else EXIT_USAGE

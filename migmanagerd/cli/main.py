@@ -28,6 +28,9 @@ COMMANDS = (
     "service",
     "journal",
     "sim",
+    "request",
+    "release",
+    "suggest",
 )
 
 

@@ -147,6 +147,7 @@ def _reboot_rules(node: SimNode, models: _Models) -> None:
             gpu.mig_current = gpu.mig_pending = False
         gpu.instances.clear()
         gpu.processes.clear()
+        gpu.mig_processes.clear()
     node.count("reboot")
 
 
@@ -368,7 +369,12 @@ class SimBackend:
 
     def processes(self, index: int) -> Sequence[GpuProcess]:
         gpu = self._gpu(self._node(), index, "list processes")
-        return tuple(GpuProcess(index, pid) for pid in gpu.processes if pid_alive(pid))
+        out = [GpuProcess(index, pid) for pid in gpu.processes if pid_alive(pid)]
+        for pid, mig_uuid in gpu.mig_processes:
+            where = _device_of(gpu, mig_uuid)
+            if where is not None and pid_alive(pid):
+                out.append(GpuProcess(index, pid, gi_id=where[0].id, ci_id=where[1].id))
+        return tuple(out)
 
     def reset_available(self, index: int) -> bool:
         node = self._node()
@@ -382,19 +388,53 @@ class SimBackend:
 
         def change(node: SimNode) -> None:
             gpu = self._gpu(node, index, action)
-            model = self._models.get(gpu)
-            if model is None:
-                raise BackendError(index, action, "NOT_SUPPORTED", f"{gpu.name} has no MIG support")
-            busy = [p for p in gpu.processes if pid_alive(p)]
+            model = self._mode_model(gpu, enabled, action)
+            busy = _busy_pids(gpu)
             if busy:
                 raise BackendError(index, action, "IN_USE", f"processes hold the GPU: {', '.join(map(str, busy))}")
-            if not enabled and gpu.instances:
-                raise BackendError(index, action, "IN_USE", f"{len(gpu.instances)} GPU instance(s) exist; destroy them first")
             gpu.mig_pending = enabled
             if not model.mig_mode_needs_reset:
                 gpu.mig_current = enabled
 
         self._change("set_mode", (index,), action, change)
+
+    def _mode_model(self, gpu: SimGpu, enabled: bool, action: str) -> GpuModel:
+        """The checks both mode calls make before anything changes."""
+        model = self._models.get(gpu)
+        if model is None:
+            raise BackendError(gpu.index, action, "NOT_SUPPORTED", f"{gpu.name} has no MIG support")
+        if not enabled and gpu.instances:
+            raise BackendError(gpu.index, action, "IN_USE", f"{len(gpu.instances)} GPU instance(s) exist; destroy them first")
+        return model
+
+    def request_mig_mode(self, index: int, enabled: bool, *, busy: bool = False) -> str:
+        """``nvmlDeviceSetMigMode`` as drivers answer it: the change is recorded
+        (pending) and the *activation status* says whether it is active.
+
+        NVIDIA's MIG user guide shows both non-SUCCESS answers with the change
+        left pending: ``IN_USE`` when processes or monitoring agents hold the
+        GPU (``busy``: the caller knows of such agents), ``NOT_SUPPORTED`` where
+        the GPU cannot be reset (a passthrough VM). Errors before any change
+        (no MIG, instances left on disable) raise as ``set_mig_mode`` does.
+        """
+        action = f"{'enable' if enabled else 'disable'} MIG mode"
+
+        def change(node: SimNode) -> str:
+            gpu = self._gpu(node, index, action)
+            model = self._mode_model(gpu, enabled, action)
+            gpu.mig_pending = enabled
+            if not model.mig_mode_needs_reset:
+                gpu.mig_current = enabled
+                return "SUCCESS"
+            if gpu.mig_current == enabled:
+                return "SUCCESS"
+            if busy or _busy_pids(gpu):
+                return "IN_USE"
+            if node.no_reset:
+                return "NOT_SUPPORTED"
+            return "SUCCESS"
+
+        return self._change("set_mode", (index,), action, change)
 
     def create_gpu_instance(self, index: int, profile_id: int, start: int) -> GpuInstance:
         action = "create GPU instance"
@@ -450,6 +490,9 @@ class SimBackend:
             ci = next((c for c in gi.cis if c.id == ci_id), None)
             if ci is None:
                 raise BackendError(index, action, "NOT_FOUND", f"no compute instance {ci_id} in GPU instance {gi_id}")
+            users = [pid for pid, u in gpu.mig_processes if u == ci.uuid and pid_alive(pid)]
+            if users:
+                raise BackendError(index, action, "IN_USE", f"processes run on {ci.uuid}: {', '.join(map(str, users))}")
             gi.cis.remove(ci)
 
         self._change("destroy_ci", (index,), action, change)
@@ -477,7 +520,7 @@ class SimBackend:
             if node.no_reset:
                 raise BackendError(targets[0], action, "NOT_SUPPORTED", "GPU reset is not available here (passthrough VM); reboot the node")
             for gpu in gpus:
-                busy = [p for p in gpu.processes if pid_alive(p)]
+                busy = _busy_pids(gpu)
                 if busy:
                     raise BackendError(gpu.index, action, "IN_USE", f"processes hold the GPU: {', '.join(map(str, busy))}")
             for gpu in gpus:
@@ -507,10 +550,30 @@ class SimBackend:
         with locked(self.state_path):
             node = read_node(self.state_path)
             gpu = self._gpu(node, index, "detach process")
-            if pid not in gpu.processes:
+            on_devices = [(p, u) for p, u in gpu.mig_processes if p == pid]
+            if pid not in gpu.processes and not on_devices:
                 raise BackendError(index, "detach process", "NOT_FOUND", f"process {pid} is not attached")
-            gpu.processes.remove(pid)
+            if pid in gpu.processes:
+                gpu.processes.remove(pid)
+            for item in on_devices:
+                gpu.mig_processes.remove(item)
             write_node(self.state_path, node)
+
+    def attach_device(self, mig_uuid: str, pid: int) -> int:
+        """Record that ``pid`` runs on the MIG device ``mig_uuid``; returns its GPU index.
+        While it lives, that device cannot be destroyed and its GPU neither
+        reset nor switched (as on hardware)."""
+        if pid <= 0:
+            raise UsageError(f"{mig_uuid}: attach: '{pid}' is not a process id")
+        with locked(self.state_path):
+            node = read_node(self.state_path)
+            for gpu in node.gpus:
+                if _device_of(gpu, mig_uuid) is not None:
+                    if (pid, mig_uuid) not in gpu.mig_processes:
+                        gpu.mig_processes.append((pid, mig_uuid))
+                        write_node(self.state_path, node)
+                    return gpu.index
+        raise UsageError(f"no MIG device {mig_uuid} on this simulated node")
 
     def snapshot(self) -> SimNode:
         """The whole simulated node, for ``sim show`` and tests."""
@@ -518,6 +581,21 @@ class SimBackend:
 
     def model_of(self, index: int) -> GpuModel | None:
         return self._models.get(self._gpu(self._node(), index, "look up model"))
+
+
+def _device_of(gpu: SimGpu, mig_uuid: str) -> tuple[SimGi, SimCi] | None:
+    for gi in gpu.instances:
+        for ci in gi.cis:
+            if ci.uuid == mig_uuid:
+                return gi, ci
+    return None
+
+
+def _busy_pids(gpu: SimGpu) -> list[int]:
+    """Live processes on the GPU or on any of its MIG devices."""
+    pids = [p for p in gpu.processes if pid_alive(p)]
+    pids += [p for p, u in gpu.mig_processes if _device_of(gpu, u) is not None and pid_alive(p) and p not in pids]
+    return pids
 
 
 def describe(node: SimNode, catalog: ModelCatalog | None = None) -> dict[str, Any]:
@@ -554,6 +632,9 @@ def describe(node: SimNode, catalog: ModelCatalog | None = None) -> dict[str, An
                 "mig_pending": gpu.mig_pending,
                 "instances": instances,
                 "processes": [p for p in gpu.processes if pid_alive(p)],
+                "mig_processes": [
+                    {"pid": p, "uuid": u} for p, u in gpu.mig_processes if _device_of(gpu, u) is not None and pid_alive(p)
+                ],
             }
         )
     return {"node": node.node, "gpus": gpus, "ops": dict(node.ops)}

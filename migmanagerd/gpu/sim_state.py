@@ -62,6 +62,8 @@ class SimGpu:
     mig_pending: bool = False
     instances: list[SimGi] = field(default_factory=list)
     processes: list[int] = field(default_factory=list)
+    # processes on one MIG device: [pid, MIG device UUID]
+    mig_processes: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def mig_capable(self) -> bool:
@@ -116,6 +118,7 @@ def node_to_json(node: SimNode) -> dict[str, Any]:
                 "mig_current": g.mig_current,
                 "mig_pending": g.mig_pending,
                 "processes": list(g.processes),
+                "mig_processes": [[pid, uuid] for pid, uuid in g.mig_processes],
                 "instances": [
                     {
                         "id": gi.id,
@@ -152,6 +155,7 @@ def node_from_json(doc: Any, path: Path) -> SimNode:
                 mig_current=bool(g["mig_current"]),
                 mig_pending=bool(g["mig_pending"]),
                 processes=[int(p) for p in g.get("processes", [])],
+                mig_processes=[(int(p), str(u)) for p, u in g.get("mig_processes", [])],
                 instances=[
                     SimGi(
                         id=int(gi["id"]),
@@ -210,14 +214,20 @@ def locked(path: Path) -> Iterator[None]:
 
 def read_node(path: Path) -> SimNode:
     """Load the state (call under ``locked`` when about to change it)."""
+    fix = "run 'migmanagerd sim init --force'"
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UsageError(f"simulated node state {path} does not exist; run 'migmanagerd sim init --node SPEC' or set MIGMANAGERD_SIM_NODE") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"{path}: cannot read the simulator state: {reason}; {fix}") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}:{exc.lineno}:{exc.colno}: simulator state is not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise UsageError(f"{path}: simulator state is nested too deeply to be one; {fix}") from None
     return node_from_json(doc, path)
 
 

@@ -76,36 +76,44 @@ def split_words(value: str) -> list[_Word]:
         if i >= n:
             return words
         start = i
-        out: list[str] = []
-        quote: str | None = None
-        while i < n:
-            ch = value[i]
-            if ch == "\\" and i + 1 < n:
-                nxt = value[i + 1]
-                if nxt == "x" and _is_hex(value[i + 2 : i + 4]):
-                    out.append(chr(int(value[i + 2 : i + 4], 16)))
-                    i += 4
-                    continue
-                out.append(_C_ESCAPES.get(nxt, nxt))
-                i += 2
-                continue
-            if quote is not None:
-                if ch == quote:
-                    quote = None
-                else:
-                    out.append(ch)
-                i += 1
-                continue
-            if ch in "\"'":
-                quote = ch
-                i += 1
-                continue
-            if ch in _WHITESPACE:
-                break
+        text, i = _one_word(value, i)
+        words.append(_Word(value[start:i], _unescape_specifiers(text)))
+
+
+def _escape_at(value: str, i: int) -> tuple[str, int]:
+    """The character a backslash at ``i`` stands for, and where reading goes on."""
+    nxt = value[i + 1]
+    if nxt == "x" and _is_hex(value[i + 2 : i + 4]):
+        return chr(int(value[i + 2 : i + 4], 16)), i + 4
+    return _C_ESCAPES.get(nxt, nxt), i + 2
+
+
+def _one_word(value: str, i: int) -> tuple[str, int]:
+    """The unquoted, unescaped word starting at ``i``, and the index after it.
+    An unclosed quote runs to the end of the line (systemd's relaxed mode)."""
+    out: list[str] = []
+    quote: str | None = None
+    n = len(value)
+    while i < n:
+        ch = value[i]
+        if ch == "\\" and i + 1 < n:
+            text, i = _escape_at(value, i)
+            out.append(text)
+        elif quote is not None:
+            if ch != quote:
+                out.append(ch)
+            else:
+                quote = None
+            i += 1
+        elif ch in "\"'":
+            quote = ch
+            i += 1
+        elif ch in _WHITESPACE:
+            break
+        else:
             out.append(ch)
             i += 1
-        # an unclosed quote runs to the end of the line (systemd's relaxed mode)
-        words.append(_Word(value[start:i], _unescape_specifiers("".join(out))))
+    return "".join(out), i
 
 
 def _is_hex(text: str) -> bool:
