@@ -7,9 +7,10 @@ VPY    := $(VENV)/bin/python
 
 # What migmanagerd needs on a node (Debian packages pydbus, PyGObject, sdnotify).
 RUNTIME_APT := python3-gi python3-pydbus python3-yaml python3-sdnotify python3-venv dbus systemd
-# What the tests add: the package build and lintian (tests/test_package.py) and
-# a real Slurm (tests/test_integrations_slurm_real.py).
-TEST_APT := build-essential dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian groff-base git slurmctld slurmd slurm-client
+# What the tests add: the package build and lintian (tests/test_package.py),
+# a real Slurm (tests/test_integrations_slurm_real.py), and real boots of a
+# Debian 12 root under systemd-nspawn (tests/test_boot.py).
+TEST_APT := build-essential dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian groff-base git slurmctld slurmd slurm-client debootstrap systemd-container
 
 .PHONY: test check demo deps test-deps bench clean
 

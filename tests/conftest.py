@@ -45,8 +45,10 @@ not found"), only where the machine cannot run a user manager at all.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from debpkg import build_deb
 from systemd_harness import SystemdUserManager, UnitSandbox, missing_requirement
 
 # Fails the run when a test changed this machine's node files or reloaded its
@@ -64,6 +66,13 @@ def systemd_user_session() -> Iterator[SystemdUserManager]:
         yield manager
     finally:
         manager.stop()
+
+
+@pytest.fixture(scope="session")
+def deb_package(tmp_path_factory) -> Path:
+    """The project's .deb, built once per session (tests/debpkg.py); skips
+    naming the missing build tool where it cannot be built."""
+    return build_deb(tmp_path_factory.mktemp("debbuild"))
 
 
 @pytest.fixture

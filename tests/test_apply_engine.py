@@ -269,7 +269,7 @@ def test_progress_goes_to_the_notifier(tmp_path):
     backend = sim_node(tmp_path, "2xA100-SXM4-40GB")
     rec = _Recorder()
     engine(backend, notify=rec).apply(default_configs().configs["all-balanced"])
-    assert any(s.startswith("GPU 1/2: creating 3g.20gb at slot ") for s in rec.statuses)
+    assert any(s.startswith("GPU 1 (2/2): creating 3g.20gb at slot ") for s in rec.statuses)
     assert any("resetting GPU(s) 0, 1" in s for s in rec.statuses)
     assert rec.timeouts and all(t > 0 for t in rec.timeouts)
     # one extension before each long step at least: 2 sets + 1 reset + 8 creates

@@ -91,6 +91,14 @@ def test_walk_cycles_terminate_and_do_not_poison_memory():
     assert w.why_ordered_after("y") == ""
 
 
+def test_walk_finds_units_ordered_after_our_own_service():
+    g = GraphManager({"a": ["nvidia-mig-manager.service"], "b": ["a"], "c": ["basic.target"]})
+    w = _AfterWalker(g, T, 100, ("nvidia-mig-manager.service",))
+    assert w.why_ordered_after("a") == "ordered after nvidia-mig-manager.service"
+    assert w.why_ordered_after("b") == "ordered after nvidia-mig-manager.service"
+    assert w.why_ordered_after("c") == ""
+
+
 def test_walk_memoizes_across_units():
     g = GraphManager({"a": ["basic.target"], "b": ["basic.target"], "basic.target": ["sysinit.target"]})
     w = _AfterWalker(g, T, 100)
@@ -232,9 +240,9 @@ def test_failed_start_is_reported_while_others_start(systemd_user, manager):
     )
     assert report.started == ("c-ok-1.service", "c-ok-2.service")
     failed = dict(report.failed)
-    assert set(failed) == {"c-bad.service", "c-missing.service"}
+    assert set(failed) == {"c-bad.service"}
+    assert report.dropped == (("c-missing.service", "not-found"),)  # nothing to start: not a failure
     assert "'failed'" in failed["c-bad.service"]
-    assert "not found" in failed["c-missing.service"]
     assert not report.ok
     assert u.prop("c-ok-2.service", "ActiveState") == "active"
 
@@ -255,6 +263,18 @@ def test_units_ordered_after_the_target_are_enqueued(systemd_user, manager):
     assert report.started == ("c-free.service", "c-cycle-a.service")
     u.wait_for("c-direct.service", "active")
     u.wait_for("c-chained.service", "active")
+
+
+def test_units_removed_or_masked_since_they_were_stopped_are_dropped_not_failed(systemd_user, manager):
+    u = systemd_user
+    u.write_unit("c-here.service", SLEEPER)
+    (u.unit_dir / "c-masked.service").symlink_to("/dev/null")
+    u.daemon_reload()
+    report = ClientController(manager, start_timeout_s=10).start(
+        ["c-gone.service", "c-masked.service", "c-here.service"])
+    assert report.ok
+    assert report.dropped == (("c-gone.service", "not-found"), ("c-masked.service", "masked"))
+    assert report.started == ("c-here.service",)
 
 
 def test_everything_is_enqueued_while_the_target_is_inactive(systemd_user, manager):
@@ -278,7 +298,7 @@ ONESHOT_SCRIPT = textwrap.dedent(
     manager = SystemdManager.connect()
     result = {}
     if mode == "policy":
-        report = ClientController(manager, start_timeout_s=30).start(units)
+        report = ClientController(manager, start_timeout_s=30, manager_service=own_unit).start(units)
         result = {"started": report.started, "enqueued": report.enqueued, "failed": report.failed}
     else:
         try:
@@ -294,7 +314,7 @@ ONESHOT_SCRIPT = textwrap.dedent(
 )
 
 
-def deadlock_setup(u, mode: str):
+def deadlock_setup(u, mode: str, client_after: str = T):
     script = u.root / "oneshot_restart_clients.py"
     script.write_text(ONESHOT_SCRIPT)
     out = u.root / f"oneshot-{mode}.json"
@@ -308,7 +328,7 @@ def deadlock_setup(u, mode: str):
         f"StandardOutput=append:{u.root}/t-mig.log\nStandardError=append:{u.root}/t-mig.log\n",
     )
     u.write_unit(T, "[Unit]\nWants=t-mig.service\n")
-    u.write_unit("c-client.service", f"[Unit]\nAfter={T}\n" + SLEEPER)
+    u.write_unit("c-client.service", f"[Unit]\nAfter={client_after}\n" + SLEEPER)
     u.daemon_reload()
     return out
 
@@ -328,6 +348,23 @@ def test_no_deadlock_restarting_a_client_from_the_oneshot(systemd_user):
     result = json.loads(out.read_text())
     assert result == {"started": [], "enqueued": ["c-client.service"], "failed": []}
     u.wait_for(T, "active")
+    u.wait_for("c-client.service", "active")
+
+
+def test_a_client_ordered_after_the_oneshot_itself_is_enqueued_on_restart(systemd_user):
+    """`systemctl restart nvidia-mig-manager` with the target already active: a
+    client ordered After= the service (not the target) would wait for the
+    running restart job; it is queued instead, and the restart finishes."""
+    u = systemd_user
+    out = deadlock_setup(u, "policy", client_after="t-mig.service")
+    u.systemctl("start", "--no-block", T)
+    u.wait_for(T, "active", timeout=20)
+    u.wait_for("c-client.service", "active")
+    out.unlink()
+    u.systemctl("stop", "c-client.service")  # as the run stops it before a change
+    u.systemctl("restart", "t-mig.service", timeout=25)
+    assert u.prop("t-mig.service", "Result") == "success", oneshot_log(u)
+    assert json.loads(out.read_text()) == {"started": [], "enqueued": ["c-client.service"], "failed": []}
     u.wait_for("c-client.service", "active")
 
 

@@ -10,6 +10,7 @@ would: `systemctl show` properties, `migmanagerd sim show --json`, state.json.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -82,13 +83,14 @@ class Box:
         self.sd.systemctl(verb, SERVICE, check=False, timeout=120)
         return int(self.prop("ExecMainStatus"))
 
-    def install_fake_reboot(self) -> Path:
+    def install_fake_reboot(self, also: str = "") -> Path:
         """reboot.target in the user manager: it pulls in a oneshot that appends
-        to a marker file, so each reboot request leaves one line."""
+        to a marker file, so each reboot request leaves one line (and runs the
+        shell command ``also``)."""
         marker = self.root / "reboots"
         self.sd.write_unit("reboot.target", f"[Unit]\nDescription=fake reboot\nWants={FAKE_REBOOT}\n")
         self.sd.write_unit(
-            FAKE_REBOOT, f"[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo reboot >> {marker}'\n"
+            FAKE_REBOOT, f"[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo reboot >> {marker}; {also or 'true'}'\n"
         )
         self.sd.daemon_reload()
         return marker
@@ -191,6 +193,23 @@ def test_reboot_reapplies_the_persisted_selection(systemd_user, tmp_path) -> Non
     done = int(box.prop("ExecMainExitTimestampMonotonic"))
     for c in (CLIENT_DCGM, CLIENT_KUBELET):
         assert int(box.prop("ActiveEnterTimestampMonotonic", c)) >= done
+
+
+def test_the_reboot_request_is_the_runs_last_action(systemd_user, tmp_path) -> None:
+    """apply-exit has run and the run is recorded before the reboot is
+    requested: under a system manager the shutdown stops the unit at once."""
+    order = tmp_path / "order"
+    exit_hook = [{"command": "/bin/sh", "args": ["-c", f"echo apply-exit >> {order}"]}]
+    box = Box(systemd_user, tmp_path, no_reset=True, hooks={"apply-exit": exit_hook})
+    node = box.node
+    saw = f"if grep -q reboot-required {node.state_file}; then echo reboot-saw-the-run; else echo reboot-too-early; fi"
+    box.install_fake_reboot(also=f"{saw} >> {order}")
+    node.cli("select", "all-balanced")
+    assert box.run_unit("start") == 0, box.diag()
+    deadline = time.monotonic() + 20
+    while len(order.read_text().split()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert order.read_text().split() == ["apply-exit", "reboot-saw-the-run"], box.diag()
 
 
 def test_mode_change_without_reset_requests_exactly_one_reboot(systemd_user, tmp_path) -> None:

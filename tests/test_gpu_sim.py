@@ -45,7 +45,8 @@ def ci_id(model: GpuModel, gi: str, ci: str) -> int:
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    for var in ("MIGMANAGERD_SIM_FAULTS", "MIGMANAGERD_SIM_LATENCY", "MIGMANAGERD_SIM_NODE", "MIGMANAGERD_SIM_STATE"):
+    for var in ("MIGMANAGERD_SIM_FAULTS", "MIGMANAGERD_SIM_LATENCY", "MIGMANAGERD_SIM_NODE", "MIGMANAGERD_SIM_STATE",
+                "MIGMANAGERD_SIM_BOOT_ID_FILE"):
         monkeypatch.delenv(var, raising=False)
     PROCESS_FAULTS.reset()
     yield
@@ -253,6 +254,61 @@ def test_no_reset_knob(state):
     assert b.mig_mode(0) == sim.MigMode(False, True)
     sim.reboot(state)  # the only way: a reboot
     assert b.mig_mode(0) == sim.MigMode(True, True)
+
+
+# --- the node notices a real reboot (its recorded kernel boot id changed) ------
+
+
+def booted(tmp_path, monkeypatch, boot_id: str) -> None:
+    boot = tmp_path / "boot_id"
+    boot.write_text(boot_id + "\n")
+    monkeypatch.setenv("MIGMANAGERD_SIM_BOOT_ID_FILE", str(boot))
+
+
+def test_first_open_in_a_new_boot_applies_the_reboot_rules_once(state, tmp_path, monkeypatch):
+    booted(tmp_path, monkeypatch, "boot-1")
+    b = make(state, "2xA100-SXM4-40GB", no_reset=True)
+    b.set_mig_mode(0, True)
+    b.attach(1, os.getpid())
+    assert sim_state.read_node(state).boot_id == "boot-1"
+    assert sim.notice_reboot(state) is False  # same boot: nothing happens
+    booted(tmp_path, monkeypatch, "boot-2")
+    again = sim.SimBackend(state)
+    assert again.mig_mode(0) == sim.MigMode(True, True)  # the pending mode applied at boot
+    assert again.processes(1) == ()
+    assert again.snapshot().ops["reboot"] == 1
+    again.create_gpu_instance(0, P7G, 0)
+    assert sim.SimBackend(state).gpu_instances(0) != ()  # opened again in the same boot: kept
+    assert sim_state.read_node(state).ops["reboot"] == 1
+
+
+def test_a_node_without_a_recorded_boot_id_is_not_rebooted(state, tmp_path, monkeypatch):
+    booted(tmp_path, monkeypatch, "boot-1")
+    b = enabled(state)
+    b.create_gpu_instance(0, P7G, 0)
+    doc = json.loads(state.read_text())
+    del doc["boot_id"]  # written by a version that did not record one
+    state.write_text(json.dumps(doc))
+    booted(tmp_path, monkeypatch, "boot-2")
+    assert sim.SimBackend(state).gpu_instances(0) != ()
+    assert sim_state.read_node(state).boot_id == "boot-2"
+
+
+def test_unreadable_boot_id_never_reboots(state, tmp_path, monkeypatch):
+    booted(tmp_path, monkeypatch, "boot-1")
+    b = enabled(state)
+    b.create_gpu_instance(0, P7G, 0)
+    monkeypatch.setenv("MIGMANAGERD_SIM_BOOT_ID_FILE", str(tmp_path / "missing"))
+    assert sim.notice_reboot(state) is False
+    assert sim.SimBackend(state).gpu_instances(0) != ()
+
+
+def test_mode_lost_on_reboot_knob(state):
+    sim.init_node(state, "1xA100-SXM4-40GB", no_reset=True, mode_lost_on_reboot=True)
+    b = sim.SimBackend(state)
+    b.set_mig_mode(0, True)
+    sim.reboot(state)
+    assert b.mig_mode(0) == sim.MigMode(False, False)  # the reboot did not help
 
 
 def test_disable_with_instances_is_in_use(state):

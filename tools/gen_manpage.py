@@ -83,7 +83,11 @@ ENVIRONMENT = {
     "MIGMANAGERD_STATE_DIR": "State directory instead of /var/lib/nvidia-mig-manager.",
     "MIGMANAGERD_DROPIN":
         "Selector drop-in instead of /etc/systemd/system/nvidia-mig-manager.service.d/override.conf.",
-    "MIGMANAGERD_BOOT_ID_FILE": "Boot id file instead of /proc/sys/kernel/random/boot_id (the reboot guard).",
+    "MIGMANAGERD_BOOT_ID_FILE":
+        "Boot id file instead of /proc/sys/kernel/random/boot_id (the reboot guard); for containers, "
+        "where the unit's sandbox sees the host's boot id (see units.md).",
+    "MIGMANAGERD_SIM_BOOT_ID_FILE":
+        "Boot id file the sim backend reads instead of /proc/sys/kernel/random/boot_id, to notice a reboot.",
     "MIGMANAGERD_SELECTED_CONFIG": "Set for hooks: the config being applied.",
     "MIGMANAGERD_GPUS": "Set for hooks: the comma-separated indexes of the GPUs the config targets.",
 }

@@ -39,7 +39,9 @@ class Progress:
         self._emit(text, step)
 
     def gpu(self, index: int, text: str, step: str | None = None) -> None:
-        self._emit(f"GPU {index}/{self._count}: {text}", step)
+        # "GPU 0 (1/8)": the index every other message uses, and a count from
+        # one ("0/8" read as "none of eight")
+        self._emit(f"GPU {index} ({index + 1}/{self._count}): {text}", step)
 
     def for_gpu(self, index: int):
         """A one-argument callback for ``GpuWriter`` (rollback steps)."""

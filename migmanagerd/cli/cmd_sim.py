@@ -35,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--node", required=True, metavar="SPEC", help="e.g. 8xA100-SXM4-40GB, 4xH100-80GB,2xA30-24GB, 1x0x1FB010DE")
     init.add_argument("--latency", default="", metavar="OP=S,…", help="seconds per operation, e.g. create_gi=0.2,reset=2")
     init.add_argument("--no-reset", action="store_true", help="GPU reset unavailable (a passthrough VM): mode changes need a reboot")
+    init.add_argument("--mode-lost-on-reboot", action="store_true",
+                      help="a reboot drops every GPU's MIG mode, pending or not (a reboot that does not help)")
     init.add_argument("--force", action="store_true", help="replace an existing state file")
     init.set_defaults(func=run_init)
 
@@ -66,7 +68,8 @@ def _path(args: argparse.Namespace):
 
 def run_init(args: argparse.Namespace) -> int:
     latency = parse_latency(args.latency, "--latency") if args.latency else {}
-    node = sim.init_node(_path(args), args.node, latency=latency, no_reset=args.no_reset, force=args.force)
+    node = sim.init_node(_path(args), args.node, latency=latency, no_reset=args.no_reset,
+                         mode_lost_on_reboot=args.mode_lost_on_reboot, force=args.force)
     print(f"simulated node {node.node}: {len(node.gpus)} GPU(s) in {_path(args)}")
     return 0
 

@@ -57,6 +57,12 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         "integrations": state_doc["integrations"],
         "problems": [p for p in (loaded.problem, persisted.problem) if p],
     }
+    if doc["journal"] is not None:
+        from migmanagerd.service.run_liveness import journal_is_live
+
+        assert loaded.state.journal is not None
+        # a journal outlives a killed run: "in flight" only while its run lives
+        doc["journal"]["live"] = journal_is_live(loaded.state.journal, paths.read_boot_id())
     engine = open_engine(args)
     try:
         node = engine.observe()
@@ -128,6 +134,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _journal_lines(j: dict[str, Any]) -> list[str]:
+    stopped = ", ".join(j["stopped_units"]) or "-"
+    if j.get("live"):
+        return [f"In flight:       run pid {j['pid']} phase '{j['phase']}', stopped: {stopped}"]
+    return [
+        f"Stale journal:   run pid {j['pid']} (phase '{j['phase']}', {j['started_at']}) is gone; stopped: {stopped}",
+        "                 the next run starts them again; to forget them: migmanagerd journal clear",
+    ]
+
+
 def render(doc: dict[str, Any]) -> str:
     out = []
     sel = doc["selection"]
@@ -149,8 +165,7 @@ def render(doc: dict[str, Any]) -> str:
     else:
         out.append("Last run:        none recorded")
     if doc["journal"]:
-        j = doc["journal"]
-        out.append(f"In flight:       run pid {j['pid']} phase '{j['phase']}', stopped: {', '.join(j['stopped_units']) or '-'}")
+        out.extend(_journal_lines(doc["journal"]))
     if doc["reboot_guard"]:
         r = doc["reboot_guard"]
         out.append(

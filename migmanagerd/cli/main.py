@@ -26,6 +26,7 @@ COMMANDS = (
     "validate",
     "generate_config",
     "service",
+    "journal",
     "sim",
     "request",
     "release",

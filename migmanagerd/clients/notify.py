@@ -48,6 +48,13 @@ class Notifier:
         log.info("%s", line)
         self._send(f"STATUS={line}")
 
+    def warn(self, text: str) -> None:
+        """A decision the operator must notice (a reboot): logged once, at
+        warning priority, and shown as the unit's Status:."""
+        line = " ".join(text.split())
+        log.warning("%s", line)
+        self._send(f"STATUS={line}")
+
     def failed(self, text: str) -> None:
         """A run's failure: logged once at error priority, shown as the unit's Status:."""
         line = " ".join(text.split())

@@ -16,8 +16,10 @@ start job for such a unit, waited for from inside the oneshot, would wait for
 the oneshot itself: a deadlock broken only by a timeout. So such units are
 only *queued* (a start job systemd runs once the oneshot is done), and so is
 every unit while the target is not yet active (at boot nothing the oneshot
-starts should be waited for). Every other unit is started and waited for, so
-its failure is reported.
+starts should be waited for). A unit ordered ``After=`` the oneshot itself
+(directly or through a chain of After= dependencies) waits for it just the
+same, so it is queued too. Every other unit is started and waited for, so its
+failure is reported.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from migmanagerd.log import get_logger
 log = get_logger("clients")
 
 GPU_RESET_TARGET = "nvidia-gpu-reset.target"
+# The oneshot that runs us: a start job of a unit ordered after it waits for
+# the run that would wait for that job.
+MANAGER_SERVICE = "nvidia-mig-manager.service"
 # A walk through After= chains visits the whole "before" cone of a unit
 # (basic.target, sysinit.target, mounts…); bounded so a huge or odd graph
 # cannot stall the boot. Past the bound the unit is treated as ordered after
@@ -57,6 +62,9 @@ class StartReport:
     started: tuple[str, ...]  # started and waited for: now active
     enqueued: tuple[str, ...]  # start job queued, not waited for
     failed: tuple[tuple[str, str], ...]  # (unit, reason)
+    # (unit, why): owed a start but uninstalled or masked since; nothing to
+    # start, so not a failure (a journal holding it must not fail every boot)
+    dropped: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -84,6 +92,7 @@ class ClientController:
         start_timeout_s: float = 90,
         *,
         gpu_reset_target: str = GPU_RESET_TARGET,
+        manager_service: str = MANAGER_SERVICE,
         max_after_walk: int = MAX_AFTER_WALK,
     ) -> None:
         self._manager = manager
@@ -91,6 +100,7 @@ class ClientController:
         self.stop_timeout_s = stop_timeout_s
         self.start_timeout_s = start_timeout_s
         self.gpu_reset_target = gpu_reset_target
+        self.manager_service = manager_service
         self.max_after_walk = max_after_walk
 
     # --- stop ---------------------------------------------------------------
@@ -145,12 +155,18 @@ class ClientController:
         started: list[str] = []
         enqueued: list[str] = []
         failed: list[tuple[str, str]] = []
+        dropped: list[tuple[str, str]] = []
         listed = _unique(units)
         if not listed:
             return StartReport((), (), ())
         gate = self._gate()
-        walker = _AfterWalker(self._manager, self.gpu_reset_target, self.max_after_walk)
+        walker = _AfterWalker(self._manager, self.gpu_reset_target, self.max_after_walk, (self.manager_service,))
         for unit in listed:
+            gone = self._gone(unit)
+            if gone:
+                log.warning("not starting GPU client %s again: it is %s now; dropped from the journal", unit, gone)
+                dropped.append((unit, gone))
+                continue
             why_queue = gate or walker.why_ordered_after(unit)
             try:
                 if why_queue:
@@ -166,7 +182,16 @@ class ClientController:
             except SystemdError as exc:
                 log.error("starting %s failed: %s", unit, exc)
                 failed.append((unit, str(exc)))
-        return StartReport(tuple(started), tuple(enqueued), tuple(failed))
+        return StartReport(tuple(started), tuple(enqueued), tuple(failed), tuple(dropped))
+
+    def _gone(self, unit: str) -> str:
+        """"not-found" or "masked" when ``unit`` cannot be started any more
+        (removed or masked by the operator since it was stopped), else ""."""
+        try:
+            state = self._manager.unit(unit)
+        except SystemdError:
+            return ""  # unknown: try the start, which reports what is wrong
+        return state.load_state if state.load_state in ("not-found", "masked") else ""
 
     def _gate(self) -> str:
         """Why every start must only be queued now, or "" when none need be."""
@@ -215,20 +240,22 @@ def stop_decision(state: UnitState) -> tuple[str, str]:
 
 
 class _AfterWalker:
-    """Answers "is this unit ordered after the target?" by walking After=
-    chains, with memory across units (their cones overlap), cycle detection
-    and a bound on the number of units read."""
+    """Answers "is this unit ordered after one of the barriers (the target,
+    our own service)?" by walking After= chains, with memory across units
+    (their cones overlap), cycle detection and a bound on the number of units
+    read."""
 
-    def __init__(self, manager: SystemdManager, target: str, limit: int) -> None:
+    def __init__(self, manager: SystemdManager, target: str, limit: int, also: tuple[str, ...] = ()) -> None:
         self._manager = manager
+        self._barriers = (target, *also)
         self._target = target
         self._limit = limit
         self._after: dict[str, tuple[str, ...]] = {}
-        self._answer: dict[str, bool] = {}
+        self._answer: dict[str, str] = {}  # unit -> the barrier it is ordered after, "" for none
 
     def why_ordered_after(self, unit: str) -> str:
         try:
-            after = self._reaches(unit)
+            barrier = self._reaches(unit)
         except _WalkTooLong:
             log.warning(
                 "ordering of %s not fully read (more than %d units); treating it as ordered after %s",
@@ -240,14 +267,15 @@ class _AfterWalker:
         except SystemdError as exc:
             log.warning("cannot read ordering of %s (%s); queuing its start", unit, exc)
             return "ordering unknown"
-        return f"ordered after {self._target}" if after else ""
+        return f"ordered after {barrier}" if barrier else ""
 
-    def _reaches(self, unit: str) -> bool:
+    def _reaches(self, unit: str) -> str:
+        """The barrier ``unit`` is ordered after, or ""."""
         # Plain reachability over After= edges, iterative. Ordering cycles
         # exist in real configurations (systemd breaks them per transaction),
         # so a visited set, not recursion, bounds it.
-        if unit == self._target:
-            return True  # the target itself waits for the oneshot
+        if unit in self._barriers:
+            return unit  # the target waits for the oneshot; the oneshot is itself
         if unit in self._answer:
             return self._answer[unit]
         visited = {unit}
@@ -258,19 +286,20 @@ class _AfterWalker:
                 stack.pop()
                 continue
             nxt = pending.pop()
-            if nxt == self._target or self._answer.get(nxt) is True:
+            found = nxt if nxt in self._barriers else self._answer.get(nxt, "")
+            if found:
                 # The stack is a path of After= edges down to here.
                 for node, _ in stack:
-                    self._answer[node] = True
-                return True
+                    self._answer[node] = found
+                return found
             if nxt in visited or nxt in self._answer:
                 continue
             visited.add(nxt)
             stack.append((nxt, list(self._read(nxt))))
-        # Everything reachable was seen without the target: none of it reaches it.
+        # Everything reachable was seen without a barrier: none of it reaches one.
         for node in visited:
-            self._answer[node] = False
-        return False
+            self._answer[node] = ""
+        return ""
 
     def _read(self, unit: str) -> tuple[str, ...]:
         if unit not in self._after:

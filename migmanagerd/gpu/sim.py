@@ -13,6 +13,9 @@ them, with their sources, are in docs/mig-geometry.md):
 * Compute instances need a CI profile of their GI's profile and free compute
   slices in that GI. A GI that still holds CIs cannot be destroyed.
 * A reset or reboot drops every GPU and compute instance.
+* The node notices a real reboot by itself: it records the kernel's boot id,
+  and the first time it is opened under a new one it applies the reboot
+  rules, as ``sim reboot`` does (the unit then needs no helper at boot).
 
 Every operation: fault check, latency sleep (outside the lock, so threads on
 different GPUs overlap as they do on hardware), then lock, load, check,
@@ -46,6 +49,11 @@ from migmanagerd.log import get_logger
 
 STATE_ENV = "MIGMANAGERD_SIM_STATE"
 NODE_ENV = "MIGMANAGERD_SIM_NODE"
+# Where the simulator reads the kernel's boot id; its own variable (not the
+# reboot guard's MIGMANAGERD_BOOT_ID_FILE) so a test that fakes a reboot for
+# the guard and runs `sim reboot` itself does not get a second simulated one.
+BOOT_ID_ENV = "MIGMANAGERD_SIM_BOOT_ID_FILE"
+KERNEL_BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 
 log = get_logger("gpu.sim")
 T = TypeVar("T")
@@ -61,18 +69,31 @@ def state_path_from_env(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(value)
 
 
+def current_boot_id() -> str:
+    """The kernel's boot id (from ``MIGMANAGERD_SIM_BOOT_ID_FILE`` when set);
+    "" when unreadable, which never triggers a simulated reboot."""
+    path = os.environ.get(BOOT_ID_ENV) or KERNEL_BOOT_ID_FILE
+    try:
+        return Path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def init_node(
     state_path: str | os.PathLike[str],
     spec: str,
     *,
     latency: dict[str, float] | None = None,
     no_reset: bool = False,
+    mode_lost_on_reboot: bool = False,
     force: bool = False,
     catalog: ModelCatalog | None = None,
 ) -> SimNode:
     """Create the simulated node's state file from a spec (e.g. ``8xA100-SXM4-40GB``)."""
     path = Path(state_path)
     node = build_node(spec, parse_node_spec(spec, catalog), latency=latency, no_reset=no_reset)
+    node.boot_id = current_boot_id()
+    node.mode_lost_on_reboot = mode_lost_on_reboot
     with locked(path):
         if path.exists() and not force:
             raise UsageError(f"simulated node state {path} already exists; use --force to replace it")
@@ -88,18 +109,46 @@ def reboot(state_path: str | os.PathLike[str], *, catalog: ModelCatalog | None =
     models = _Models(catalog)
     with locked(path):
         node = read_node(path)
-        for gpu in node.gpus:
-            model = models.get(gpu)
-            if model is not None and model.mig_mode_persistent:
-                gpu.mig_current = gpu.mig_pending
-            else:
-                gpu.mig_current = gpu.mig_pending = False
-            gpu.instances.clear()
-            gpu.processes.clear()
-            gpu.mig_processes.clear()
-        node.count("reboot")
+        _reboot_rules(node, models)
         write_node(path, node)
     return node
+
+
+def notice_reboot(state_path: str | os.PathLike[str], *, catalog: ModelCatalog | None = None) -> bool:
+    """Apply the reboot rules once if the machine booted since the node last
+    looked (its recorded boot id differs from the kernel's); True if it did.
+    A node without a recorded boot id (made by an older version) just
+    records the current one."""
+    boot = current_boot_id()
+    path = Path(state_path)
+    if not boot or read_node(path).boot_id == boot:
+        return False  # the common case, without taking the lock
+    with locked(path):
+        node = read_node(path)
+        if node.boot_id == boot:
+            return False  # another process of this boot was first
+        rebooted = bool(node.boot_id)
+        if rebooted:
+            _reboot_rules(node, _Models(catalog))
+        node.boot_id = boot
+        write_node(path, node)
+    if rebooted:
+        log.info("simulated node %s: the machine rebooted (boot id %s): instances and processes are gone, "
+                 "pending MIG modes applied", path, boot)
+    return rebooted
+
+
+def _reboot_rules(node: SimNode, models: _Models) -> None:
+    for gpu in node.gpus:
+        model = models.get(gpu)
+        if model is not None and model.mig_mode_persistent and not node.mode_lost_on_reboot:
+            gpu.mig_current = gpu.mig_pending
+        else:
+            gpu.mig_current = gpu.mig_pending = False
+        gpu.instances.clear()
+        gpu.processes.clear()
+        gpu.mig_processes.clear()
+    node.count("reboot")
 
 
 def pid_alive(pid: int) -> bool:
@@ -241,6 +290,7 @@ class SimBackend:
             except UsageError:
                 if not self.state_path.exists():
                     raise  # a bad spec; another process winning the race is fine
+        notice_reboot(self.state_path, catalog=catalog)
         node = read_node(self.state_path)
         wanted = os.environ.get(NODE_ENV, "").strip()
         if wanted and wanted != node.node:

@@ -77,6 +77,12 @@ class SimNode:
     latency: dict[str, float] = field(default_factory=dict)
     no_reset: bool = False
     ops: dict[str, int] = field(default_factory=lambda: {op: 0 for op in OPERATIONS})
+    # the kernel boot id the node last saw ("" before it recorded one): a new
+    # one means the machine rebooted, so the reboot rules apply (sim.py)
+    boot_id: str = ""
+    # a reboot drops every GPU's MIG mode, pending one included: models or
+    # firmware where a reboot cannot finish a mode change (reboot-guard tests)
+    mode_lost_on_reboot: bool = False
 
     def gpu(self, index: int) -> SimGpu | None:
         if 0 <= index < len(self.gpus):
@@ -97,6 +103,8 @@ def node_to_json(node: SimNode) -> dict[str, Any]:
         "latency": dict(node.latency),
         "no_reset": node.no_reset,
         "ops": dict(node.ops),
+        "boot_id": node.boot_id,
+        "mode_lost_on_reboot": node.mode_lost_on_reboot,
         "gpus": [
             {
                 "index": g.index,
@@ -169,6 +177,8 @@ def node_from_json(doc: Any, path: Path) -> SimNode:
             latency={str(k): float(v) for k, v in doc.get("latency", {}).items()},
             no_reset=bool(doc.get("no_reset", False)),
             ops=ops,
+            boot_id=str(doc.get("boot_id", "")),
+            mode_lost_on_reboot=bool(doc.get("mode_lost_on_reboot", False)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"{path}: not a migmanagerd simulator state ({exc!r}); run 'migmanagerd sim init --force'") from None

@@ -28,7 +28,8 @@ class ClientJournal:
         self.notify = notify
         self.clients: ClientsFile | None = None  # clients.yaml, once loaded: its stop/start timeouts
         self.stopped: list[str] = []  # restart order, this run's and carried over
-        self.stopped_count = 0  # stopped by this run (for the metrics)
+        self.stopped_count = 0  # units this run actually stopped (messages, metrics)
+        self.not_running: set[str] = set()  # journaled to be started, but this run found them not running
         self.rebooting = False  # a reboot was requested: leave the clients to the next boot
         self.restart_tried = False
 
@@ -43,8 +44,9 @@ class ClientJournal:
         if not todo:
             return
         self.store.begin_journal(config, f"stopping clients before {change} change")
-        self.notify.status(f"stopping {len(todo)} GPU client(s) before the {change} change")
+        self.notify.status(f"stopping GPU clients before the {change} change")
         controller = self._controller()
+        stopped: list[str] = []
         for unit in reversed(todo):
             try:
                 action, _ = stop_decision(self.systemd.get().unit(unit))
@@ -56,8 +58,19 @@ class ClientJournal:
                 report = controller.stop([unit])
             except StopFailed as exc:
                 self._settle(unit, exc.report.restart)
+                self.stopped_count += len(stopped) + len(exc.report.stopped)
                 raise
             self._settle(unit, report.restart)
+            stopped.extend(report.stopped)
+            if unit in report.restart and unit not in report.stopped:
+                self.not_running.add(unit)
+        self.stopped_count += len(stopped)
+        # what happened, counted: listed units that are not installed or not
+        # running are not "stopped"
+        if stopped:
+            log.info("stopped %d GPU client(s) before the %s change: %s", len(stopped), change, ", ".join(stopped))
+        else:
+            log.info("no GPU client was running before the %s change", change)
         self.store.set_phase(f"applying {change}")
 
     def restart(self) -> None:
@@ -68,15 +81,18 @@ class ClientJournal:
                 self.store.end_journal()
             return
         if self.rebooting:
-            # the units are enabled: the next boot starts them; keep the journal
-            # so the next run knows they were stopped on purpose
+            self._leave_to_the_boot()
             return
         units = list(self.stopped)
-        self.notify.status(f"restarting {len(units)} GPU client(s)")
+        self.notify.status(f"restarting GPU clients: {', '.join(units)}")
         report = self._controller().start(units)
-        started = list(report.started) + list(report.enqueued)
-        self.store.record_started(started)
-        self.stopped = [u for u in self.stopped if u not in started]
+        done = list(report.started) + list(report.enqueued) + [u for u, _ in report.dropped]
+        self.store.record_started(done)
+        self.stopped = [u for u in self.stopped if u not in done]
+        log.info(
+            "GPU clients: %d started, %d enqueued (they start once this unit has finished), %d dropped, %d failed",
+            len(report.started), len(report.enqueued), len(report.dropped), len(report.failed),
+        )
         for unit, reason in report.failed:
             log.error("GPU client %s did not start again: %s", unit, reason)
         if not self.stopped:
@@ -85,6 +101,29 @@ class ClientJournal:
             raise MigManagerError(
                 "GPU client(s) failed to start again: " + ", ".join(f"{u} ({r})" for u, r in report.failed)
             )
+
+    def _leave_to_the_boot(self) -> None:
+        """A reboot follows the run. A unit this run stopped stays journaled:
+        the next run starts it (whether or not the boot does) and says so.
+        An enabled unit that was not running (at boot: not started yet) was
+        never stopped: the boot starts it, so it leaves the journal, and the
+        next run does not warn about clients left stopped when none were."""
+        # self.stopped is kept: should the reboot request fail, the run
+        # starts them all after all (ServiceRun._request_reboot)
+        manager = self.systemd.get()
+        enabled = []
+        for unit in self.stopped:
+            if unit not in self.not_running:
+                continue
+            try:
+                if manager.unit(unit).enabled:
+                    enabled.append(unit)
+            except MigManagerError:
+                pass  # unknown: keeping it journaled is the safe side
+        if enabled:
+            self.store.record_started(enabled)
+        if all(u in enabled for u in self.stopped):
+            self.store.end_journal()
 
     def _controller(self) -> ClientController:
         if self.clients is None:
@@ -102,7 +141,6 @@ class ClientJournal:
         elif unit in self.stopped:
             self.store.record_started([unit])
             self.stopped.remove(unit)
-            self.stopped_count -= 1
 
     def _note_stopped(self, restart_order: Sequence[str]) -> None:
         new = [u for u in restart_order if u not in self.stopped]
@@ -110,4 +148,3 @@ class ClientJournal:
             # the store wants stop order; restart order is its reverse
             self.store.record_stopped(list(reversed(new)))
             self.stopped = new + self.stopped
-            self.stopped_count += len(new)

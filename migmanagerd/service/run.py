@@ -23,7 +23,10 @@ The order of a run:
    (``apply/run.py``) with one undo journal per GPU, so a GPU whose devices
    cannot be made is returned to the mode it had too;
 6. record the run in state.json (one result per GPU), persist the selection
-   if asked, run the integrations.
+   if asked, run the integrations;
+7. only then, when the mode change needs one, request the reboot: the
+   shutdown it starts stops this unit at once, so nothing may come after it
+   (and SIGTERM is ignored from then on, so the run still ends with exit 0).
 
 Client stops are journaled before they are queued (``service/client_journal.py``).
 Exit codes: 0 applied / nothing to do / reboot requested, 1 failed, 2 bad
@@ -33,6 +36,7 @@ input or a config that does not fit (nothing changed).
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +61,13 @@ from migmanagerd.service.integration_steps import drain_before_change, report_ru
 from migmanagerd.service.lazy_systemd import Connect, LazySystemd, connect_systemd
 from migmanagerd.service.options import RunOutcome, ServiceOptions
 from migmanagerd.service.paths import NodePaths
-from migmanagerd.service.reboot_guard import RebootAction, clear_marker, decide_reboot, guard_reboot
+from migmanagerd.service.reboot_guard import (
+    RebootAction,
+    RebootDecision,
+    clear_marker,
+    decide_reboot,
+    guard_reboot,
+)
 from migmanagerd.service.selector import write_selector
 from migmanagerd.service.state import LastRun, StateStore, utc_now
 
@@ -113,6 +123,8 @@ class ServiceRun:
         self.inputs: RunInputs | None = None  # once loaded
         self.apply_run: ApplyRun | None = None  # once the first GPU write is near
         self.changed = False  # some GPU was written
+        self.reboot: RebootDecision | None = None  # a reboot to request as the run's last action
+        self._announced: str | None = None  # a message already logged (each decision once)
 
     @property
     def config_name(self) -> str | None:
@@ -222,12 +234,40 @@ class ServiceRun:
         self._record(name, started, outcome)
         if engine is not None:
             self._report(engine, name, outcome, time.monotonic() - t0)
+        outcome = self._request_reboot(name, started, outcome)
         self.systemd.close()
         if outcome.exit_code != EXIT_OK:
             self.notify.failed(outcome.message)
-        else:
+        elif outcome.message != self._announced:
             self.notify.status(outcome.message)  # also logs it
         return outcome
+
+    def _request_reboot(self, name: str, started: str, outcome: RunOutcome) -> RunOutcome:
+        """The run's last action: apply-exit has run, the run and the
+        integrations are recorded. The shutdown this starts stops the unit
+        within milliseconds; its SIGTERM must not turn a finished run into a
+        killed one, so it is ignored from here on."""
+        if self.reboot is None:
+            return outcome
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            self.systemd.get().reboot()
+            return outcome
+        except MigManagerError as exc:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            # no reboot is coming: the marker must not make the next run wait
+            # for one (or refuse the one it needs), and the clients left to
+            # that boot are started now
+            clear_marker(self.store)
+            failure = MigManagerError(f"{self.reboot.message}, but the reboot request failed: {exc}")
+            self.clients.rebooting = False
+            try:
+                self.clients.restart()
+            except MigManagerError as later:
+                failure = _then(failure, [later])
+            failed = RunOutcome(failure.exit_code, "failed", str(failure))
+            self._record(name, started, failed)
+            return failed
 
     def _restart_owed(self, failure: Exception | None) -> Exception | None:
         """Units an earlier run left stopped are owed a start even when this
@@ -361,16 +401,12 @@ class ServiceRun:
     def _reboot(self, name: str, gpus: tuple[int, ...]) -> RunOutcome:
         decision = guard_reboot(self.store, name, gpus, self.opts.allow_reboot)
         if decision.action is RebootAction.REBOOT:
-            log.warning("%s", decision.message)
-            self.notify.status(decision.message)
-            try:
-                self.systemd.get().reboot()
-            except MigManagerError as exc:
-                # no reboot is coming: the marker must not make the
-                # next run wait for one (or refuse the one it needs)
-                clear_marker(self.store)
-                raise MigManagerError(f"{decision.message}, but the reboot request failed: {exc}") from None
-            # the units are enabled: the next boot starts them
+            self.notify.warn(decision.message)
+            self._announced = decision.message
+            # requested at the very end of the run (_request_reboot), after
+            # apply-exit, the record and the integrations; the enabled
+            # clients are left to the boot
+            self.reboot = decision
             self.clients.rebooting = True
             return RunOutcome(EXIT_OK, "reboot-required", decision.message)
         if decision.action is RebootAction.WAIT:
