@@ -206,8 +206,8 @@ def test_bad_boolean_variable_is_exit_1(examples, monkeypatch):
 
 def test_installed_entry_point_runs(examples, capsys):
     exe = Path(sys.executable).with_name("nvidia-mig-parted")
-    if not exe.exists():
-        pytest.skip(f"{exe} not installed: run `make deps` (pip install -e .)")
+    # `make test` installs the package's entry points; a missing one is a packaging bug
+    assert exe.exists(), f"{exe} not installed: pyproject.toml's [project.scripts] lost it, or run `make deps`"
     env = {**os.environ}
     proc = subprocess.run([str(exe), "assert", "-f", examples, "-c", "all-1g.5gb"],
                           capture_output=True, text=True, env=env, timeout=60)
