@@ -4,6 +4,7 @@ EXTEND_TIMEOUT_USEC=), safe to call from the per-GPU worker threads."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from migmanagerd.log import get_logger
@@ -43,7 +44,7 @@ class Progress:
         # one ("0/8" read as "none of eight")
         self._emit(f"GPU {index} ({index + 1}/{self._count}): {text}", step)
 
-    def for_gpu(self, index: int):
+    def for_gpu(self, index: int) -> Callable[[str], None]:
         """A one-argument callback for ``GpuWriter`` (rollback steps)."""
         return lambda text: self.gpu(index, text, "rollback")
 
@@ -56,5 +57,5 @@ class Progress:
                 if step is not None:
                     self._notify.extend_timeout(STEP_TIMEOUT_S[step])
                 self._notify.status(text)
-            except Exception as exc:  # progress reporting must never break an apply
+            except OSError as exc:  # a gone notify socket must never break an apply
                 log.debug("notify failed: %s", exc)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from migmanagerd.cli.common import add_debug
 from migmanagerd.errors import UsageError
@@ -18,15 +20,19 @@ from migmanagerd.gpu.backend import BackendError
 from migmanagerd.gpu.sim_faults import parse_latency
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("sim", help="simulated node: init, reboot, show, attach/detach processes")
     add_debug(p)
     p.add_argument("--state", default=None, help=f"state file (env {sim.STATE_ENV})")
-    p.set_defaults(func=lambda a: (p.print_usage(sys.stderr), 2)[1])
+    def usage(_args: argparse.Namespace) -> int:
+        p.print_usage(sys.stderr)
+        return 2
+
+    p.set_defaults(func=usage)
     sub = p.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", parser_class=type(p))
 
     def sub_parser(name: str, help_text: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_text)
+        sp: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
         add_debug(sp)
         sp.add_argument("--state", default=argparse.SUPPRESS, help=f"state file (env {sim.STATE_ENV})")
         return sp
@@ -62,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sp.set_defaults(func=run_attach if name == "attach" else run_detach)
 
 
-def _path(args: argparse.Namespace):
+def _path(args: argparse.Namespace) -> Path:
     return sim.state_path_from_env(getattr(args, "state", None))
 
 
@@ -87,7 +93,7 @@ def _backend(args: argparse.Namespace) -> sim.SimBackend:
     return sim.SimBackend(path)
 
 
-def format_table(view: dict) -> str:
+def format_table(view: dict[str, Any]) -> str:
     rows = [("GPU", "MODEL", "MIG", "INSTANCES")]
     for g in view["gpus"]:
         if g["model"] is None:
@@ -102,7 +108,7 @@ def format_table(view: dict) -> str:
             inst += f"  [pid {mp['pid']} on {mp['uuid']}]"
         rows.append((str(g["index"]), g["model"] or f"{g['device_id']} (no MIG)", mode, inst))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3] for r in rows]
     ops = " ".join(f"{k}={v}" for k, v in view["ops"].items())
     return "\n".join(lines + [f"node {view['node']}; operations: {ops}"])
 

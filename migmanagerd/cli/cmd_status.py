@@ -12,7 +12,7 @@ from migmanagerd.errors import MigManagerError
 from migmanagerd.log import escape_controls
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "status",
         help="show GPUs, the selection and where it comes from, the last run, and whether the node matches",
@@ -145,25 +145,8 @@ def _journal_lines(j: dict[str, Any]) -> list[str]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    out = []
-    sel = doc["selection"]
-    out.append(f"Selected config: {sel['config'] or '(none)'}" + (f"  [from {sel['source']}]" if sel["source"] else ""))
-    if doc["matches"] is None:
-        out.append("Node matches:    unknown")
-    else:
-        out.append(f"Node matches:    {'yes' if doc['matches'] else 'no'}")
-        out.extend(f"  - {d}" for d in doc["differences"])
-    last = doc["last_run"]
-    if last:
-        out.append(
-            f"Last run:        {last['result']} (exit {last['exit_code']}) config '{last['config']}' "
-            f"at {last['finished_at']}"
-        )
-        if last.get("message"):
-            out.append(f"                 {last['message']}")
-        out.extend(_gpu_result_lines(last.get("gpus") or {}))
-    else:
-        out.append("Last run:        none recorded")
+    out = _selection_lines(doc)
+    out.extend(_last_run_lines(doc["last_run"]))
     if doc["journal"]:
         out.extend(_journal_lines(doc["journal"]))
     if doc["reboot_guard"]:
@@ -176,19 +159,47 @@ def render(doc: dict[str, Any]) -> str:
         if isinstance(what, dict) and what.get("enabled"):
             detail = what.get("status") or what.get("action") or "done"
             out.append(f"Integration:     {name}: {detail}")
-    for p in doc["problems"]:
-        out.append(f"Problem:         {p}")
+    out.extend(f"Problem:         {p}" for p in doc["problems"])
     out.append("")
-    out.append(f"{'GPU':<4} {'MODEL':<18} {'MIG':<9} INSTANCES")
-    for g in doc["gpus"]:
+    out.extend(_gpu_table(doc["gpus"]))
+    out.extend(lease_lines(doc.get("leases") or []))
+    # names come from the drop-in, state.json and -c: never print their control characters raw
+    return "\n".join(map(escape_controls, out))
+
+
+def _selection_lines(doc: dict[str, Any]) -> list[str]:
+    sel = doc["selection"]
+    out = [f"Selected config: {sel['config'] or '(none)'}" + (f"  [from {sel['source']}]" if sel["source"] else "")]
+    if doc["matches"] is None:
+        out.append("Node matches:    unknown")
+    else:
+        out.append(f"Node matches:    {'yes' if doc['matches'] else 'no'}")
+        out.extend(f"  - {d}" for d in doc["differences"])
+    return out
+
+
+def _last_run_lines(last: dict[str, Any] | None) -> list[str]:
+    if not last:
+        return ["Last run:        none recorded"]
+    out = [
+        f"Last run:        {last['result']} (exit {last['exit_code']}) config '{last['config']}' "
+        f"at {last['finished_at']}"
+    ]
+    if last.get("message"):
+        out.append(f"                 {last['message']}")
+    out.extend(_gpu_result_lines(last.get("gpus") or {}))
+    return out
+
+
+def _gpu_table(gpus: list[dict[str, Any]]) -> list[str]:
+    out = [f"{'GPU':<4} {'MODEL':<18} {'MIG':<9} INSTANCES"]
+    for g in gpus:
         mode = "on" if g["mig_enabled"] else "off"
         if g["mig_pending"] != g["mig_enabled"]:
             mode += "->" + ("on" if g["mig_pending"] else "off")
         inst = ", ".join(f"{i['profile']}@{i['start']}" for i in g["instances"]) or "-"
         out.append(f"{g['index']:<4} {str(g['model'] or '?'):<18} {mode:<9} {inst}")
-    out.extend(lease_lines(doc.get("leases") or []))
-    # names come from the drop-in, state.json and -c: never print their control characters raw
-    return "\n".join(map(escape_controls, out))
+    return out
 
 
 def _gpu_result_lines(gpus: dict[str, Any]) -> list[str]:

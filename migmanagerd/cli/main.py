@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from migmanagerd import __version__
 from migmanagerd.cli.common import resolve_env_defaults
@@ -35,7 +36,7 @@ COMMANDS = (
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage errors exit 2, as the contract says
+    def error(self, message: str) -> NoReturn:  # usage errors exit 2, as the contract says
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
