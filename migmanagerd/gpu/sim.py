@@ -229,28 +229,37 @@ def check_create_gi(gpu: SimGpu, model: GpuModel | None, profile_id: int, start:
         raise BackendError(gpu.index, act, "INVALID_ARGUMENT", f"{model.name} has no GI profile id {profile_id}; it has {known}")
     if start not in profile.placements:
         raise BackendError(gpu.index, act, "INVALID_ARGUMENT", f"{profile.name} cannot start at memory slice {start}; legal starts {list(profile.placements)}")
-    mine = [gi for gi in gpu.instances if gi.profile_id == profile_id]
-    if len(mine) >= profile.max_count:
-        raise BackendError(gpu.index, act, "INSUFFICIENT_RESOURCES", f"{profile.name}: at most {profile.max_count} per GPU")
+    problem = _placement_problem(gpu, profile, start) or _budget_problem(gpu, model, profile)
+    if problem:
+        raise BackendError(gpu.index, act, "INSUFFICIENT_RESOURCES", problem)
+    return profile
+
+
+def _placement_problem(gpu: SimGpu, profile: GiProfile, start: int) -> str | None:
+    """Why ``profile`` cannot go at ``start`` next to the GPU's instances: its count or an overlap."""
+    if sum(1 for gi in gpu.instances if gi.profile_id == profile.nvml_id) >= profile.max_count:
+        return f"{profile.name}: at most {profile.max_count} per GPU"
     new = profile.placement(start)
     for gi in gpu.instances:
         if new.start < gi.start + gi.size and gi.start < new.end:
-            raise BackendError(gpu.index, act, "INSUFFICIENT_RESOURCES", f"{profile.name}@{start}:{new.size} overlaps GPU instance {gi.id} at {gi.start}:{gi.size}")
-    used_compute = 0
-    existing_names = set()
-    for gi in gpu.instances:
-        p = model.gi_profile_by_id(gi.profile_id)
-        if p is not None:
-            used_compute += p.compute_slices
-            existing_names.add(p.name)
+            return f"{profile.name}@{start}:{new.size} overlaps GPU instance {gi.id} at {gi.start}:{gi.size}"
+    return None
+
+
+def _budget_problem(gpu: SimGpu, model: GpuModel, profile: GiProfile) -> str | None:
+    """Why ``profile`` does not fit the compute-slice budget or an exclusive group."""
+    existing = [p for p in (model.gi_profile_by_id(gi.profile_id) for gi in gpu.instances) if p is not None]
+    used_compute = sum(p.compute_slices for p in existing)
     if used_compute + profile.compute_slices > model.compute_slices:
-        raise BackendError(gpu.index, act, "INSUFFICIENT_RESOURCES", f"{profile.name} needs {profile.compute_slices} compute slices; {model.compute_slices - used_compute} of {model.compute_slices} are free")
+        return (f"{profile.name} needs {profile.compute_slices} compute slices; "
+                f"{model.compute_slices - used_compute} of {model.compute_slices} are free")
+    names = {p.name for p in existing}
     for group in model.exclusive_groups:
         if profile.name in group:
-            clash = sorted(n for n in existing_names & set(group) if n != profile.name)
+            clash = sorted(n for n in names & set(group) if n != profile.name)
             if clash:
-                raise BackendError(gpu.index, act, "INSUFFICIENT_RESOURCES", f"{profile.name} cannot coexist with {', '.join(clash)}")
-    return profile
+                return f"{profile.name} cannot coexist with {', '.join(clash)}"
+    return None
 
 
 def ci_starts(gi_compute: int, size: int, placements: tuple[int, ...]) -> tuple[int, ...]:
