@@ -29,6 +29,7 @@ from migmanagerd.apply.rollback import GpuWriter
 from migmanagerd.catalog.model import CiProfile, GiProfile, GpuModel
 from migmanagerd.gpu.backend import Backend, GpuInfo
 from migmanagerd.log import get_logger
+from migmanagerd.planner.packing import shape_ci_names
 from migmanagerd.planner.types import GpuPlan, Infeasible, MigDevice
 from migmanagerd.spec.profile import MigProfile, ProfileNameError
 from migmanagerd.spec.types import MigConfig
@@ -343,7 +344,7 @@ class ApplyEngine:
         if isinstance(result, Infeasible) or result is None:
             reason = result.reason if isinstance(result, Infeasible) else "not planned"
             return self._fail_before_write(before, writer, progress, f"cannot lay out: {reason}", start)
-        kept = tuple(d.uuid for d in result.keep if d.uuid)
+        kept = tuple(u for d in result.keep for u in d.uuids)
         if result.is_noop:
             return GpuResult(i, R.UNCHANGED, kept_uuids=kept)
         try:
@@ -357,9 +358,9 @@ class ApplyEngine:
                     raise RuntimeError(f"GPU instance for {dev.profile} at slot {dev.placement.start} not found")
                 progress.gpu(i, f"destroying {dev.profile} at slot {dev.placement.start}", "destroy")
                 writer.destroy_instance(gi)
-            for dev, gi_profile, ci_profile in creates:
+            for dev, gi_profile, ci_profiles in creates:
                 progress.gpu(i, f"creating {dev.profile} at slot {dev.placement.start}", "create")
-                writer.create_device(gi_profile.nvml_id, dev.placement.start, ci_profile.nvml_id)
+                writer.create_instance(gi_profile.nvml_id, dev.placement.start, [ci.nvml_id for ci in ci_profiles])
         except Exception as exc:
             return self._undo(before, writer, progress, str(exc), start)
         try:
@@ -376,18 +377,25 @@ class ApplyEngine:
         return GpuResult(i, R.APPLIED, _ops_since(writer, start), kept_uuids=kept)
 
     @staticmethod
-    def _profiles(model: GpuModel | None, dev: MigDevice) -> tuple[GiProfile, CiProfile]:
+    def _profiles(model: GpuModel | None, dev: MigDevice) -> tuple[GiProfile, list[CiProfile]]:
+        """The GI profile and the CI profiles, in creation order, of a planned device."""
         if model is None:
             raise ValueError(f"no MIG geometry known for this GPU; cannot create {dev.profile}")
-        try:
-            profile = MigProfile.parse(dev.profile)
-        except ProfileNameError as exc:
-            raise ValueError(str(exc)) from None
-        gi_profile = model.gi_profile(profile.gi_name)
-        ci_profile = gi_profile.ci_profile(profile.ci_name) if gi_profile else None
-        if gi_profile is None or ci_profile is None:
-            raise ValueError(f"{model.name} has no MIG profile {dev.profile}")
-        return gi_profile, ci_profile
+        names = [c.profile for c in dev.cis] or shape_ci_names(dev.profile) or [dev.profile]
+        gi_profile: GiProfile | None = None
+        ci_profiles: list[CiProfile] = []
+        for name in names:
+            try:
+                profile = MigProfile.parse(name)
+            except ProfileNameError as exc:
+                raise ValueError(str(exc)) from None
+            gi_profile = model.gi_profile(profile.gi_name)
+            ci_profile = gi_profile.ci_profile(profile.ci_name) if gi_profile else None
+            if gi_profile is None or ci_profile is None:
+                raise ValueError(f"{model.name} has no MIG profile {name}")
+            ci_profiles.append(ci_profile)
+        assert gi_profile is not None  # names is never empty
+        return gi_profile, ci_profiles
 
     # --- outcomes ------------------------------------------------------------
 
@@ -419,7 +427,7 @@ class ApplyEngine:
     def _unchanged(self, state: NodeState, plan: NodePlan, index: int) -> GpuResult:
         entry = plan.gpu(index)
         kept: Iterable[MigDevice] = entry.result.keep if isinstance(entry.result, GpuPlan) else ()
-        return GpuResult(index, R.UNCHANGED, kept_uuids=tuple(d.uuid for d in kept if d.uuid))
+        return GpuResult(index, R.UNCHANGED, kept_uuids=tuple(u for d in kept for u in d.uuids))
 
     def _combine(self, index, state, plan, writer, mode_report, geometry_report) -> GpuResult:
         m = mode_report.result(index) if mode_report else None

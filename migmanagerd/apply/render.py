@@ -14,6 +14,15 @@ def device_json(device: MigDevice) -> dict[str, Any]:
     out: dict[str, Any] = {"profile": device.profile, "start": device.placement.start, "size": device.placement.size}
     if device.uuid:
         out["uuid"] = device.uuid
+    if len(device.cis) > 1:
+        # a GPU instance holding several compute instances (packed CIs)
+        cis = []
+        for ci in device.cis:
+            item: dict[str, Any] = {"profile": ci.profile}
+            if ci.uuid:
+                item["uuid"] = ci.uuid
+            cis.append(item)
+        out["cis"] = cis
     return out
 
 

@@ -8,19 +8,41 @@ from migmanagerd.catalog.model import Placement
 
 
 @dataclass(frozen=True, order=True)
-class MigDevice:
-    """One MIG device: a GPU instance at a placement holding one compute instance.
+class MigCi:
+    """One compute instance (one MIG device) inside a ``MigDevice``'s GPU instance."""
 
-    ``profile`` is the canonical MIG device name (``str(MigProfile)``, e.g.
-    ``1c.3g.20gb`` or ``3g.20gb``). An existing GPU instance that is not in that
-    one-CI shape (no CI, several CIs) carries a profile string that no target
-    can equal, e.g. ``3g.20gb[cis=1c,1c]``, so the planner replaces it.
+    profile: str  # canonical CI profile name, e.g. "1c.3g.20gb"
+    uuid: str | None = None  # MIG device UUID, where it exists
+    ci_id: int | None = None
+    start: int | None = None  # compute-slice start inside the GI, where it exists
+
+
+@dataclass(frozen=True, order=True)
+class MigDevice:
+    """One GPU instance at a placement with its compute instances.
+
+    ``profile`` is the shape name (``planner.packing.shape_name``): for one
+    compute instance its canonical MIG device name (``1c.3g.20gb``,
+    ``3g.20gb``), for several ``GI[cis=…]`` with CI sizes largest first
+    (``3g.20gb[cis=2c,1c]``, as nvidia-mig-parted packs ``2c.3g.20gb: 1,
+    1c.3g.20gb: 1``). A GI without CIs is ``3g.20gb[cis=]``, which no target
+    equals. ``cis`` lists the CIs (creation order for planned devices); it
+    may be empty for a device built by hand with one CI named by ``profile``.
     """
 
     placement: Placement
     profile: str
-    uuid: str | None = None  # MIG device UUID, where it exists
+    uuid: str | None = None  # MIG device UUID of a single-CI device, where it exists
     gi_id: int | None = None  # backend's GPU-instance id, where it exists
+    cis: tuple[MigCi, ...] = ()
+
+    @property
+    def uuids(self) -> tuple[str, ...]:
+        """Every compute instance's MIG device UUID that exists."""
+        found = tuple(c.uuid for c in self.cis if c.uuid)
+        if not found and self.uuid:
+            return (self.uuid,)
+        return found
 
 
 @dataclass(frozen=True)
