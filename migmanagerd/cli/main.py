@@ -26,6 +26,8 @@ COMMANDS = (
     "generate_config",
     "service",
     "sim",
+    "checkpoint",
+    "restore",
 )
 
 
