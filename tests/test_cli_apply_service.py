@@ -9,7 +9,6 @@ from node_root import sim_node_root
 
 from migmanagerd.cli.main import main
 from migmanagerd.service.paths import NodePaths
-from migmanagerd.service.run import gpu_results
 from migmanagerd.service.selector import read_selector
 from migmanagerd.service.state import StateStore
 
@@ -64,14 +63,13 @@ def test_apply_json_has_the_run_result_and_per_gpu_results(tmp_path, monkeypatch
     assert doc["gpus"][0]["operations"]["create_gi"] == 2
 
 
-def test_a_mode_result_is_not_hidden_by_an_unchanged_geometry_result():
-    report = {
-        "mode": [{"index": 0, "status": "applied", "operations": {"set_mode": 1}, "error": None}],
-        "gpus": [
-            {"index": 0, "status": "unchanged", "operations": {}, "error": None},
-            {"index": 1, "status": "applied", "operations": {"create_gi": 2}, "error": None},
-        ],
-    }
-    merged = gpu_results(report)
-    assert [(g["index"], g["status"]) for g in merged] == [(0, "applied"), (1, "applied")]
-    assert merged[0]["operations"] == {"set_mode": 1}
+def test_a_mode_result_is_not_hidden_by_an_unchanged_geometry_result(tmp_path, monkeypatch, capsys):
+    _node(tmp_path, monkeypatch)
+    assert main(["apply", "-c", "all-3g.20gb"]) == 0
+    capsys.readouterr()
+    # MIG off: the geometry phase has no device to make, the mode phase's result stands
+    assert main(["apply", "-c", "all-disabled", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(g["index"], g["status"]) for g in doc["gpus"]] == [(0, "applied"), (1, "applied")]
+    # one record per GPU for the whole apply: destroys and the mode switch together
+    assert doc["gpus"][0]["operations"] == {"destroy_ci": 2, "destroy_gi": 2, "set_mode": 1, "reset": 1}

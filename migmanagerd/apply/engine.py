@@ -6,10 +6,12 @@ Every decision is made on an observation and a plan first (``observe``,
 ``plan``); only ``apply*`` write, and only what the plan says. A config that
 does not fit raises ``UsageError`` before the first write.
 
-Writes per GPU go through a ``GpuWriter`` journal; when a step fails, that GPU
-alone is undone to the layout it had when the apply started (including its
-MIG mode, with a reset where the mode change needed one), and the other GPUs'
-results stand.
+One apply is one ``ApplyRun`` (``start``; ``apply`` drives one through both
+phases): writes per GPU go through one ``GpuWriter`` journal for the whole
+apply; when a step fails, that GPU alone is undone to the layout it had when
+the apply started (including its MIG mode, with a reset where the mode change
+needed one), and the other GPUs' results stand. The phase steps below are
+the run's; nothing else calls them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from migmanagerd.apply.observe import GpuView, NodeState, observe_gpu, observe_n
 from migmanagerd.apply.progress import Notifier, Progress
 from migmanagerd.apply.report import ApplyReport, GeometryReport, GpuResult, ModeReport
 from migmanagerd.apply.rollback import GpuWriter
+from migmanagerd.apply.run import ApplyRun
+from migmanagerd.catalog.load import load_catalog
 from migmanagerd.catalog.model import CiProfile, GiProfile, GpuModel
 from migmanagerd.gpu.backend import Backend, GpuInfo
 from migmanagerd.log import get_logger
@@ -48,6 +52,13 @@ def _onoff(flag: bool) -> str:
     return "enabled" if flag else "disabled"
 
 
+def _mode_text(view: GpuView) -> str:
+    mode = f"MIG mode {_onoff(view.mode.current)}"
+    if view.mode.pending != view.mode.current:
+        mode += f" ({_onoff(view.mode.pending)} pending)"
+    return mode
+
+
 def layout_key(view: GpuView) -> tuple:
     """What "the same layout" means for rollback checks: mode and devices at placements."""
     devices = sorted((d.placement.start, d.placement.size, d.profile) for d in view.devices)
@@ -68,8 +79,6 @@ class ApplyEngine:
         max_workers: int = MAX_WORKERS,
     ) -> None:
         if catalog is None:
-            from migmanagerd.catalog.load import load_catalog
-
             catalog = load_catalog()
         self.backend = backend
         self.catalog = catalog
@@ -98,6 +107,26 @@ class ApplyEngine:
 
     # --- writing -------------------------------------------------------------
 
+    def start(
+        self,
+        config: MigConfig,
+        *,
+        mode_only: bool = False,
+        skip_reset: bool = False,
+        plan: NodePlan | None = None,
+        state: NodeState | None = None,
+    ) -> ApplyRun:
+        """A run of ``config`` on this node (nothing written yet): the service
+        and ``apply()`` drive its phases. ``plan`` must have been made from
+        ``state`` (both are taken afresh when not given)."""
+        if state is None:
+            state = self.observe()
+            plan = None
+        if plan is None:
+            plan = self.plan(config, mode_only=mode_only, state=state)
+        require_feasible(plan)
+        return ApplyRun(self, config, state, plan, mode_only=mode_only, skip_reset=skip_reset)
+
     def apply(
         self,
         config: MigConfig,
@@ -118,44 +147,17 @@ class ApplyEngine:
         back and the exception propagates; ``before_mode`` raising leaves the
         node untouched.
         """
-        state = self.observe()
-        plan = self.plan(config, mode_only=mode_only, state=state)
-        require_feasible(plan)
-        progress = Progress(self.notify, len(state.gpus))
-        selected = plan.selected_gpus
-        if not plan.needs_change:
-            progress.node(f"config '{config.name}' already applied")
-            return ApplyReport(config.name, tuple(self._unchanged(state, plan, i) for i in selected))
-        writers = {i: GpuWriter(self.backend, i, progress.for_gpu(i)) for i in selected}
-        mode_report = None
-        if plan.mode_change_gpus:
+        run = self.start(config, mode_only=mode_only, skip_reset=skip_reset)
+        if not run.plan.needs_change:
+            run.progress.node(f"config '{config.name}' already applied")
+            return ApplyReport(config.name, run.results())
+        if run.plan.mode_change_gpus:
             if before_mode is not None:
-                before_mode(plan)
-            mode_report = self._mode_phase(plan, state, writers, progress, skip_reset=skip_reset)
-        geometry_report = None
+                before_mode(run.plan)
+            run.mode_phase()
         if not mode_only:
-            skip = {r.index for r in mode_report.gpus if not r.ok} if mode_report else set()
-            geometry_report = self._geometry_phase(
-                config, state, writers, progress, skip=skip, before=before_geometry
-            )
-        results = []
-        for i in selected:
-            results.append(self._combine(i, state, plan, writers[i], mode_report, geometry_report))
-        final = ApplyReport(config.name, tuple(results), mode_report, geometry_report)
-        progress.node(final.summary())
-        return final
-
-    def apply_mode(self, plan: NodePlan, *, skip_reset: bool = False) -> ModeReport:
-        state = self.observe()
-        progress = Progress(self.notify, len(state.gpus))
-        writers = {i: GpuWriter(self.backend, i, progress.for_gpu(i)) for i in plan.mode_change_gpus}
-        return self._mode_phase(plan, state, writers, progress, skip_reset=skip_reset)
-
-    def apply_geometry(self, config: MigConfig, *, state: NodeState | None = None) -> GeometryReport:
-        state = state if state is not None else self.observe()
-        progress = Progress(self.notify, len(state.gpus))
-        writers = {v.index: GpuWriter(self.backend, v.index, progress.for_gpu(v.index)) for v in state.gpus}
-        return self._geometry_phase(config, state, writers, progress, skip=set())
+            run.geometry_phase(before=before_geometry)
+        return run.report()
 
     # --- phases --------------------------------------------------------------
 
@@ -416,6 +418,8 @@ class ApplyEngine:
             after = self.observe_gpu(before)
             restored = layout_key(after) == layout_key(before)
             now = format_devices(Counter(d.profile for d in after.devices))
+            if after.mode != before.mode:
+                now = f"{now}, {_mode_text(after)} (was {_mode_text(before)}): reset the GPU or reboot to finish"
         except Exception as exc:
             restored, now = False, f"unreadable ({exc})"
         ops = _ops_since(writer, start)
@@ -428,18 +432,3 @@ class ApplyEngine:
         entry = plan.gpu(index)
         kept: Iterable[MigDevice] = entry.result.keep if isinstance(entry.result, GpuPlan) else ()
         return GpuResult(index, R.UNCHANGED, kept_uuids=tuple(u for d in kept for u in d.uuids))
-
-    def _combine(self, index, state, plan, writer, mode_report, geometry_report) -> GpuResult:
-        m = mode_report.result(index) if mode_report else None
-        g = geometry_report.result(index) if geometry_report else None
-        ops = dict(writer.ops)
-        if m is not None and not m.ok:
-            return GpuResult(index, m.status, ops, m.error, (), m.rollback_error)
-        if g is not None:
-            status = g.status
-            if status == R.UNCHANGED and ops:
-                status = R.APPLIED
-            return GpuResult(index, status, ops, g.error, g.kept_uuids, g.rollback_error)
-        if m is not None:
-            return GpuResult(index, m.status, ops)
-        return self._unchanged(state, plan, index)

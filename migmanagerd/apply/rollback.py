@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from migmanagerd.gpu.backend import Backend, ComputeInstance, GpuInstance
+from migmanagerd.gpu.backend import Backend, BackendError, ComputeInstance, GpuInstance
 
 
 @dataclass(frozen=True)
@@ -170,12 +170,27 @@ class GpuWriter:
                     self.backend.set_mig_mode(self.index, step.previous)
                     self.ops["set_mode"] += 1
                     if was_reset:
-                        mode = self.backend.mig_mode(self.index)
-                        if mode.current != mode.pending:
-                            self.progress("rollback: resetting GPU")
-                            self.backend.reset([self.index])
-                            self.ops["reset"] += 1
+                        self._reset_to(step.previous, errors)
             except Exception as exc:  # best effort: keep undoing the rest
                 errors.append(str(exc))
         self._journal.clear()
         return errors
+
+    def _reset_to(self, enabled: bool, errors: list[str]) -> None:
+        """Activate the mode just set back with a reset, as the apply's own
+        change was; when that is impossible the GPU is left with the old mode
+        pending (the result says so: ``rollback-failed``)."""
+        mode = self.backend.mig_mode(self.index)
+        if mode.current == mode.pending:
+            return
+        pending = f"MIG mode {'enabled' if enabled else 'disabled'} is set back but pending a GPU reset"
+        if not self.backend.reset_available(self.index):
+            errors.append(f"{pending}, which is not available here: reboot the node to finish")
+            return
+        self.progress("rollback: resetting GPU")
+        try:
+            self.backend.reset([self.index])
+        except BackendError as exc:  # reported in the result; the rest is still undone
+            errors.append(f"{pending}, which failed ({exc}): reset the GPU or reboot to finish")
+            return
+        self.ops["reset"] += 1

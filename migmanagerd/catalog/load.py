@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from migmanagerd.catalog.model import NVIDIA_VENDOR_ID, CiProfile, GiProfile, GpuModel, Placement
+from migmanagerd.catalog.model import NVIDIA_VENDOR_ID, CiProfile, GiProfile, GpuModel
 from migmanagerd.errors import MigManagerError
 from migmanagerd.spec.profile import MigProfile, ProfileNameError
 
@@ -369,7 +369,3 @@ def _max_disjoint(p: GiProfile) -> int:
         if s >= end:
             count, end = count + 1, s + p.memory_slices
     return count
-
-
-def placements_of(p: GiProfile) -> tuple[Placement, ...]:
-    return tuple(p.placement(s) for s in p.placements)

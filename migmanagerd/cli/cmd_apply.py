@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from migmanagerd.apply.report import GpuResult
 from migmanagerd.cli.cmd_service import add_run_options, options_from_args
+from migmanagerd.service.run import ServiceRun
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,23 +30,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from migmanagerd.service.run import ServiceRun, gpu_results
-
     service = ServiceRun(options_from_args(args, persist_selection=args.selected_config is not None))
     outcome = service.run()
-    gpus = gpu_results(service.report)
+    results = service.gpu_results()
     if args.json:
         doc = {
             "config": service.config_name,
             "exit_code": outcome.exit_code,
             "result": outcome.result,
             "message": outcome.message,
-            "gpus": gpus,
+            "gpus": [r.to_json() for r in results],
         }
         print(json.dumps(doc, indent=2))
         return outcome.exit_code
-    for g in gpus:
-        result = GpuResult(**{**g, "kept_uuids": tuple(g.get("kept_uuids", ()))})
+    for result in results:
         if result.status != "unchanged" or result.error:
             print(result.describe())
     if outcome.exit_code == 0:

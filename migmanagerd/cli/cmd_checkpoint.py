@@ -42,11 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     from migmanagerd.apply.checkpoint import node_checkpoint
+    from migmanagerd.atomic_file import write_atomic
     from migmanagerd.errors import MigManagerError
-    from migmanagerd.service.atomic_file import write_atomic
 
     path = Path(checkpoint_path(args))
-    engine = open_engine(args)  # type: ignore[no-untyped-call]
+    engine = open_engine(args)
     try:
         doc = node_checkpoint(engine.observe())
     finally:

@@ -42,9 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
-    from migmanagerd.apply.report import GpuResult
+    from migmanagerd.service.options import ServiceOptions
     from migmanagerd.service.restore import RestoreRun
-    from migmanagerd.service.run import ServiceOptions, gpu_results
 
     path = checkpoint_path(args)
     options = ServiceOptions(
@@ -57,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
     )
     service = RestoreRun(path, options)
     outcome = service.run()
-    for g in gpu_results(service.report):
-        result = GpuResult(**{**g, "kept_uuids": tuple(g.get("kept_uuids", ()))})
+    for result in service.gpu_results():
         if result.status != "unchanged" or result.error:
             print(result.describe())
     if outcome.exit_code == 0:

@@ -36,10 +36,11 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from migmanagerd.apply.nodeplan import require_feasible
-    from migmanagerd.cli.selection import open_engine, pick_config, read_config_file
+    from migmanagerd.cli.selection import open_engine
     from migmanagerd.service.paths import NodePaths
     from migmanagerd.service.selector import validate_config_name, write_selector
     from migmanagerd.service.state import StateStore
+    from migmanagerd.spec.selection import pick_config, read_config_file
 
     paths = NodePaths.from_env()
     name = validate_config_name(args.name)

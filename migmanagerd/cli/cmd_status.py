@@ -48,9 +48,10 @@ def selection_source(paths, state) -> tuple[str | None, str | None]:
 def collect(args: argparse.Namespace) -> dict[str, Any]:
     from migmanagerd.apply.compare import differences
     from migmanagerd.apply.render import node_json
-    from migmanagerd.cli.selection import open_engine, pick_config, read_config_file
+    from migmanagerd.cli.selection import open_engine
     from migmanagerd.service.paths import NodePaths
     from migmanagerd.service.state import StateStore, state_to_json
+    from migmanagerd.spec.selection import pick_config, read_config_file
 
     paths = NodePaths.from_env()
     loaded = StateStore(paths).load()
@@ -110,6 +111,7 @@ def render(doc: dict[str, Any]) -> str:
         )
         if last.get("message"):
             out.append(f"                 {last['message']}")
+        out.extend(_gpu_result_lines(last.get("gpus") or {}))
     else:
         out.append("Last run:        none recorded")
     if doc["journal"]:
@@ -136,3 +138,20 @@ def render(doc: dict[str, Any]) -> str:
         inst = ", ".join(f"{i['profile']}@{i['start']}" for i in g["instances"]) or "-"
         out.append(f"{g['index']:<4} {str(g['model'] or '?'):<18} {mode:<9} {inst}")
     return "\n".join(out)
+
+
+def _gpu_result_lines(gpus: dict[str, Any]) -> list[str]:
+    """The last run's GPUs that did not end as wanted, and how each was left
+    (``rolled-back``: as before the run; ``rollback-failed``: what is left)."""
+    lines = []
+    for key in sorted(gpus, key=int):
+        g = gpus[key]
+        if g.get("status") in ("unchanged", "applied"):
+            continue
+        line = f"  - GPU {key}: {g.get('status')}"
+        if g.get("error"):
+            line += f": {g['error']}"
+        if g.get("rollback_error"):
+            line += f"; rollback: {g['rollback_error']}"
+        lines.append(line)
+    return lines

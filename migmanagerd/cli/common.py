@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-DEFAULT_CONFIG_FILE = "/etc/nvidia-mig-manager/config.yaml"
-DEFAULT_HOOKS_FILE = "/etc/nvidia-mig-manager/hooks.yaml"
-DEFAULT_CLIENTS_FILE = "/etc/nvidia-mig-manager/clients.yaml"
+from migmanagerd.default_paths import DEFAULT_CONFIG_FILE, DEFAULT_HOOKS_FILE
 
 
 def env_flag(name: str) -> bool:
@@ -55,10 +53,6 @@ def add_selected_config(p: argparse.ArgumentParser, *, required: bool = False) -
         "-c", "--selected-config", default=None, required=required,
         help="config name to use (else env MIG_PARTED_SELECTED_CONFIG, else the last applied one)",
     )
-
-
-def env_selected_config() -> str | None:
-    return os.environ.get("MIG_PARTED_SELECTED_CONFIG") or None
 
 
 def add_mode_only(p: argparse.ArgumentParser, what: str) -> None:

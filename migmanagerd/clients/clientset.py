@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from migmanagerd.default_paths import DEFAULT_CLIENTS_FILE
 from migmanagerd.errors import SourceLocation, SpecError
 from migmanagerd.spec.config import check_version
 from migmanagerd.spec.source import (
@@ -34,7 +35,7 @@ from migmanagerd.spec.source import (
     require_str,
 )
 
-DEFAULT_CLIENTS_PATH = "/etc/nvidia-mig-manager/clients.yaml"
+DEFAULT_CLIENTS_PATH = DEFAULT_CLIENTS_FILE
 
 CHANGES = ("mode", "config")  # a MIG mode switch (GPU reset), a geometry change
 DISCOVER_MODES = ("refuse", "stop")

@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from migmanagerd.clients.clientset import DISCOVER_MODES
-from migmanagerd.clients.systemd import SystemdError, SystemdManager
+from migmanagerd.clients.systemd import SystemdError
 from migmanagerd.errors import MigManagerError
 from migmanagerd.gpu.backend import Backend
 from migmanagerd.log import get_logger
@@ -52,9 +53,15 @@ class GpuBusy(MigManagerError):
         super().__init__(f"GPU in use, nothing changed: {listed}. {hint}")
 
 
+class UnitLookup(Protocol):
+    """What the lookup needs of systemd (a ``SystemdManager``, or the service's lazy one)."""
+
+    def unit_by_pid(self, pid: int) -> str | None: ...
+
+
 def find_gpu_holders(
     backend: Backend,
-    manager: SystemdManager | None,
+    manager: UnitLookup | None,
     gpu_indices: Sequence[int],
     *,
     proc_root: Path = Path("/proc"),

@@ -12,7 +12,6 @@ sees half a document.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import threading
@@ -21,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from migmanagerd.atomic_file import write_atomic
 from migmanagerd.errors import UsageError
+from migmanagerd.file_lock import acquire
 
 STATE_VERSION = 1
 
@@ -190,9 +191,8 @@ def locked(path: Path) -> Iterator[None]:
     """Hold the node lock: threads of this process, then other processes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with _thread_lock(path):
-        fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = acquire(lock_path(path), None, mode=0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # closing drops the flock
@@ -212,18 +212,5 @@ def read_node(path: Path) -> SimNode:
 
 
 def write_node(path: Path, node: SimNode) -> None:
-    """Atomically replace the state: write a temporary file, fsync, rename."""
-    data = json.dumps(node_to_json(node), indent=1, sort_keys=True).encode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)  # the rename itself must survive a crash too
-    finally:
-        os.close(dfd)
+    """Atomically replace the state: a reader sees the old or the new node."""
+    write_atomic(path, json.dumps(node_to_json(node), indent=1, sort_keys=True).encode(), 0o644)

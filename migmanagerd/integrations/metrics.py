@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from migmanagerd.integrations.atomic import write_atomic
+from migmanagerd.atomic_file import write_text_atomic
 from migmanagerd.integrations.layout import NodeLayout, RunSummary
 
 PREFIX = "migmanagerd"
@@ -106,5 +106,5 @@ def node_metrics(layout: NodeLayout, summary: RunSummary, *, now: float) -> list
 
 def write_metrics(path: str, layout: NodeLayout, summary: RunSummary, *, now: float | None = None) -> dict:
     text = render(node_metrics(layout, summary, now=time.time() if now is None else now))
-    write_atomic(path, text)
+    write_text_atomic(path, text)
     return {"path": path, "status": "ok"}

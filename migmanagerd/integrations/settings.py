@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from migmanagerd.default_paths import DEFAULT_INTEGRATIONS_FILE, DEFAULT_METRICS_FILE
 from migmanagerd.errors import SourceLocation, SpecError
 from migmanagerd.spec.source import (
     YNode,
@@ -24,13 +25,13 @@ from migmanagerd.spec.source import (
     require_str,
 )
 
-DEFAULT_PATH = Path("/etc/nvidia-mig-manager/integrations.yaml")
+DEFAULT_PATH = Path(DEFAULT_INTEGRATIONS_FILE)
 
 # Where Slurm's files conventionally live; the operator points these elsewhere
 # when gres.conf holds more than the GPUs (see docs/integrations.md).
 DEFAULT_GRES_FILE = "/etc/slurm/gres.conf"
 DEFAULT_NODENAME_FILE = "/etc/slurm/migmanagerd-gres.fragment"
-DEFAULT_METRICS_PATH = "/var/lib/prometheus/node-exporter/migmanagerd.prom"
+DEFAULT_METRICS_PATH = DEFAULT_METRICS_FILE
 
 # "cap": File=<the compute instance's nvidia-cap device>, one file per MIG device.
 # "parent-and-caps": MultipleFiles=<parent GPU>,<GI cap>,<CI cap>, the set a job's

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from migmanagerd.atomic_file import write_text_atomic
 from migmanagerd.errors import MigManagerError
-from migmanagerd.integrations.atomic import write_atomic
 from migmanagerd.integrations.drain import SlurmDrain
 from migmanagerd.integrations.gres import gres_devices, nodename_gres, render_gres_conf, render_nodename_fragment
 from migmanagerd.integrations.layout import NodeLayout, RunSummary
@@ -37,10 +37,10 @@ def write_gres_files(settings: SlurmSettings, layout: NodeLayout, config: str | 
     fragment = render_nodename_fragment(devices)
     changed = _read(settings.gres_file) != gres_text
     if changed:
-        write_atomic(settings.gres_file, gres_text)
+        write_text_atomic(settings.gres_file, gres_text)
     fragment_changed = _read(settings.nodename_file) != fragment
     if fragment_changed:
-        write_atomic(settings.nodename_file, fragment)
+        write_text_atomic(settings.nodename_file, fragment)
     return {
         "gres_file": settings.gres_file,
         "nodename_file": settings.nodename_file,

@@ -63,6 +63,3 @@ class Infeasible:
     """The target cannot be laid out; ``reason`` says which resource runs out."""
 
     reason: str
-
-
-PlanResult = GpuPlan | Infeasible

@@ -20,14 +20,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-ETC_DIR = "/etc/nvidia-mig-manager"
-DEFAULT_CONFIG_FILE = f"{ETC_DIR}/config.yaml"
-DEFAULT_HOOKS_FILE = f"{ETC_DIR}/hooks.yaml"
-DEFAULT_CLIENTS_FILE = f"{ETC_DIR}/clients.yaml"
-DEFAULT_INTEGRATIONS_FILE = f"{ETC_DIR}/integrations.yaml"
-DEFAULT_DROPIN = "/etc/systemd/system/nvidia-mig-manager.service.d/override.conf"
-DEFAULT_STATE_DIR = "/var/lib/nvidia-mig-manager"
-BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+from migmanagerd.default_paths import (
+    BOOT_ID_FILE,
+    DEFAULT_CLIENTS_FILE,
+    DEFAULT_CONFIG_FILE,
+    DEFAULT_DROPIN,
+    DEFAULT_HOOKS_FILE,
+    DEFAULT_INTEGRATIONS_FILE,
+    DEFAULT_STATE_DIR,
+)
 
 STATE_FILE_NAME = "state.json"
 

@@ -10,31 +10,35 @@ selected config as before.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 from migmanagerd.apply.checkpoint import checkpoint_config, read_checkpoint
+from migmanagerd.apply.engine import ApplyEngine
 from migmanagerd.catalog.model import GpuModel
-from migmanagerd.service.run import RunOutcome, ServiceRun
+from migmanagerd.gpu.factory import open_backend
+from migmanagerd.log import get_logger
+from migmanagerd.service.inputs import RunInputs, inputs_for
+from migmanagerd.service.options import RunOutcome
+from migmanagerd.service.run import ServiceRun
+
+log = get_logger("service")
 
 
 class RestoreRun(ServiceRun):
     """A service run whose config comes from ``checkpoint_file``."""
 
-    def __init__(self, checkpoint_file: str, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, checkpoint_file: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.checkpoint_file = checkpoint_file
 
-    def _load_inputs(self, state_selection: str | None):  # type: ignore[no-untyped-def]
+    def _load_inputs(self, state_selection: str | None) -> RunInputs:
         devices = read_checkpoint(self.checkpoint_file)
         config = checkpoint_config(self.checkpoint_file, devices, self._node_gpus())
-        # hooks, clients and integrations exactly as an apply loads them
-        hooks = self._load_hooks()  # type: ignore[no-untyped-call]
-        clients = self._load_clients()  # type: ignore[no-untyped-call]
-        integrations = self._load_integrations()  # type: ignore[no-untyped-call]
-        return config.name, config, hooks, clients, integrations
+        return inputs_for(config.name, config, self.checkpoint_file, self.opts, self.paths)
 
     def _node_gpus(self) -> list[tuple[int, str, GpuModel | None]]:
-        from migmanagerd.apply.engine import ApplyEngine
-        from migmanagerd.gpu.factory import open_backend
-
+        """(index, UUID, model) of this node's GPUs: a checkpoint names GPUs by UUID."""
         backend = self._backend if self._backend is not None else open_backend(self.opts.backend)
         try:
             engine = ApplyEngine(backend)
@@ -43,13 +47,11 @@ class RestoreRun(ServiceRun):
             if self._backend is None:
                 backend.close()
 
-    def _record(self, name: str, started: str, outcome: RunOutcome, report_json: dict) -> None:  # type: ignore[type-arg]
-        # the run is recorded, but a checkpoint is not a config the next run can select
+    def _record(self, name: str, started: str, outcome: RunOutcome) -> None:
+        # the run is recorded, but a checkpoint is no config a later run can fall back to
         before = self.store.load().state.selected_config
-        super()._record(name, started, outcome, report_json)
+        super()._record(name, started, outcome)
         try:
-            self.store.set_selected(before)
+            self.store.update(lambda s: replace(s, selected_config=before))
         except OSError as exc:
-            from migmanagerd.service.run import log
-
             log.error("%s: cannot keep the selected config: %s", self.store.path, exc.strerror)

@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from migmanagerd.atomic_file import write_atomic
+from migmanagerd.default_paths import DEFAULT_CONFIG_FILE, DEFAULT_HOOKS_FILE
 from migmanagerd.errors import MigManagerError, UsageError
-from migmanagerd.service.atomic_file import write_atomic
-from migmanagerd.service.paths import DEFAULT_CONFIG_FILE, DEFAULT_HOOKS_FILE
 
 VAR_SELECTED = "MIG_PARTED_SELECTED_CONFIG"
 VAR_CONFIG_FILE = "MIG_PARTED_CONFIG_FILE"

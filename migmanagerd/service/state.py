@@ -11,27 +11,25 @@ One small JSON document (schema in docs/state.md) that holds
 * the reboot guard marker (see reboot_guard.py),
 * a free-form object for the integrations.
 
-Guarantees: every write is atomic (atomic_file.write_atomic), and reading never
+Guarantees: every write is atomic (migmanagerd.atomic_file.write_atomic), and reading never
 raises and never blocks the boot: a file that cannot be used is moved aside to
 ``state.json.corrupt-<UTC timestamp>`` and the run goes on with an empty state.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import stat
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from migmanagerd.atomic_file import cleanup_temp_files, write_atomic
+from migmanagerd.file_lock import LockTimeout, acquire
 from migmanagerd.log import get_logger
-from migmanagerd.service.atomic_file import cleanup_temp_files, write_atomic
 from migmanagerd.service.paths import NodePaths
 
 log = get_logger("state")
@@ -253,23 +251,12 @@ class _DirLock:
 
     def __enter__(self) -> _DirLock:
         try:
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, STATE_FILE_MODE)
+            self._fd = acquire(self._path, LOCK_TIMEOUT_S, mode=STATE_FILE_MODE)
+        except LockTimeout:
+            log.warning("%s: still locked after %.0fs; writing anyway", self._path, LOCK_TIMEOUT_S)
         except OSError as exc:
-            log.warning("%s: cannot open lock file (%s); going on without it", self._path, exc.strerror)
-            return self
-        deadline = time.monotonic() + LOCK_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    log.warning("%s: cannot lock (%s); going on without it", self._path, exc.strerror)
-                    return self
-            if time.monotonic() >= deadline:
-                log.warning("%s: still locked after %.0fs; writing anyway", self._path, LOCK_TIMEOUT_S)
-                return self
-            time.sleep(0.05)
+            log.warning("%s: cannot lock (%s); going on without it", self._path, exc.strerror)
+        return self
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
@@ -429,9 +416,6 @@ class StateStore:
             return replace(s, last_run=last_run, selected_config=selected)
 
         return self.update(change)
-
-    def set_selected(self, config: str | None) -> State:
-        return self.update(lambda s: replace(s, selected_config=config))
 
     def set_integration(self, name: str, value: Any) -> State:
         """Per-integration state (JSON-serialisable), kept under ``integrations.<name>``."""

@@ -97,7 +97,3 @@ class MigProfile:
 
     def __str__(self) -> str:
         return self.ci_name
-
-
-def parse_profile(text: str) -> MigProfile:
-    return MigProfile.parse(text)

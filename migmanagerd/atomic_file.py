@@ -72,7 +72,7 @@ def cleanup_temp_files(path: Path) -> list[Path]:
     Only call this while holding the writers' lock, or when no other writer
     can run, since a live writer's temp file matches the same pattern.
     """
-    removed = []
+    removed: list[Path] = []
     prefix = temp_prefix(path)
     try:
         entries = list(path.parent.iterdir())
@@ -86,3 +86,11 @@ def cleanup_temp_files(path: Path) -> list[Path]:
             except OSError:
                 pass
     return removed
+
+
+def write_text_atomic(path: str | Path, text: str, mode: int = 0o644) -> None:
+    """``write_atomic`` for text files others read (Slurm, node_exporter,
+    CDI tooling), creating the parent directory when missing."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, text.encode("utf-8"), mode)
