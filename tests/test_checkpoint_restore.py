@@ -214,3 +214,19 @@ def test_restore_keeps_what_already_matches(tmp_path, monkeypatch, capsys):
     assert main(["restore", "-f", str(cp)]) == 0
     assert three <= _mig_uuids()
     assert len(_mig_uuids()) == 5  # 2 + 2 + 1 on GPU 0
+
+
+def test_a_gpu_instance_without_compute_instances_comes_back(tmp_path, monkeypatch, capsys):
+    _node(tmp_path, monkeypatch)
+    assert main(["apply", "-c", "other"]) == 0  # 2g.10gb x3 at memory slices 0, 2, 4
+    backend = SimBackend()
+    one_g = next(p for p in backend.model_of(0).gi_profiles if p.name == "1g.5gb")
+    backend.create_gpu_instance(0, one_g.nvml_id, 6)  # by hand, no CI in it
+    backend.close()
+    saved = _layout()
+    cp = tmp_path / "cp.json"
+    assert main(["checkpoint", "-f", str(cp)]) == 0
+    assert main(["apply", "-c", "packed"]) == 0
+    assert _layout() != saved
+    assert main(["restore", "-f", str(cp)]) == 0
+    assert _layout() == saved

@@ -383,7 +383,14 @@ class ApplyEngine:
         """The GI profile and the CI profiles, in creation order, of a planned device."""
         if model is None:
             raise ValueError(f"no MIG geometry known for this GPU; cannot create {dev.profile}")
-        names = [c.profile for c in dev.cis] or shape_ci_names(dev.profile) or [dev.profile]
+        from_shape = shape_ci_names(dev.profile)
+        if not dev.cis and from_shape == []:
+            # a GI without CIs (only restore asks for one: a checkpoint had it)
+            bare = model.gi_profile(dev.profile.split("[", 1)[0])
+            if bare is None:
+                raise ValueError(f"{model.name} has no GPU instance profile for {dev.profile}")
+            return bare, []
+        names = [c.profile for c in dev.cis] or from_shape or [dev.profile]
         gi_profile: GiProfile | None = None
         ci_profiles: list[CiProfile] = []
         for name in names:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from migmanagerd.catalog.model import GpuModel
 from migmanagerd.planner.packing import shape_name
-from migmanagerd.planner.placement import check_layout
+from migmanagerd.planner.placement import check_gi_layout, check_layout
 from migmanagerd.planner.types import GpuPlan, Infeasible, MigCi, MigDevice
 from migmanagerd.spec.types import PinnedInstance
 
@@ -58,10 +58,12 @@ def plan_exact(model: GpuModel, current: Sequence[MigDevice], layout: Sequence[P
         dev = pinned_device(model, pin)
         if isinstance(dev, str):
             return Infeasible(dev)
-        if not pin.cis:
-            return Infeasible(f"{dev.profile} at memory slice {pin.start}: a GPU instance without compute instances cannot be restored")
         wanted.append((dev, pin))
-    reason = check_layout(model, [d for d, _ in wanted])
+    # GI placements first (a checkpoint may hold a GI without CIs, which
+    # check_layout would refuse as a MIG device), then each GI's CIs
+    reason = check_gi_layout(model, [(p.gi_profile, d.placement) for d, p in wanted])
+    if reason is None:
+        reason = check_layout(model, [d for d, p in wanted if p.cis])
     if reason is not None:
         return Infeasible(reason)
     keep: list[MigDevice] = []
