@@ -241,11 +241,13 @@ def test_assert_counts_gi_grouping(tmp_path):
     ]
     _, warnings = node_config(eng.observe())
     assert len(warnings) == 1 and "3g.20gb[cis=1c,1c] x1" in warnings[0]
-    # apply regroups them: one GI kept (its CI UUID too), the other rebuilt
-    kept = {u for d in eng.plan(config({"1c.3g.20gb": 2})).gpu(0).result.keep for u in d.uuids}
-    assert kept == set()  # a one-CI GI is not the packed shape; nothing to keep
+    # apply regroups them: the first GI gets the second CI, the other GI goes
+    plan = eng.plan(config({"1c.3g.20gb": 2})).gpu(0).result
+    assert isinstance(plan, GpuPlan) and len(plan.kept_uuids) == 1 and len(plan.destroy) == 1
+    spent = Counter(ops(backend))
     assert eng.apply(config({"1c.3g.20gb": 2})).exit_code == 0
     assert eng.assert_config(config({"1c.3g.20gb": 2})) == []
+    assert Counter(ops(backend)) - spent == Counter(destroy_ci=1, destroy_gi=1, create_ci=1)
 
 
 # ---------------------------------------------------------------- minimal change
@@ -335,3 +337,52 @@ def test_packed_layouts_over_the_nvml_backend(mocker):
         assert fake.names().count("nvmlGpuInstanceCreateComputeInstance") == 7
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize(
+    "first, second, spent, kept",
+    [
+        # one CI fewer: only that CI goes, six UUIDs stay
+        ({"1c.7g.40gb": 7}, {"1c.7g.40gb": 6}, Counter(destroy_ci=1), 6),
+        # one CI more in the same GI
+        ({"1c.3g.20gb": 2}, {"1c.3g.20gb": 3}, Counter(create_ci=1), 2),
+        # [1c,1c,1c] -> [2c,1c]: the 1c at CI slice 2 stays, the 2c takes slices 0-1
+        ({"1c.3g.20gb": 3}, {"2c.3g.20gb": 1, "1c.3g.20gb": 1}, Counter(destroy_ci=2, create_ci=1), 1),
+        # [2c,1c] -> [1c,1c,1c]: the 1c stays, the 2c becomes two 1c
+        ({"2c.3g.20gb": 1, "1c.3g.20gb": 1}, {"1c.3g.20gb": 3}, Counter(destroy_ci=1, create_ci=2), 1),
+    ],
+)
+def test_compute_instances_change_inside_a_kept_gpu_instance(tmp_path, first, second, spent, kept):
+    backend = sim_node(tmp_path, "1xA100-SXM4-40GB")
+    eng = engine(backend)
+    assert eng.apply(config(first)).exit_code == 0
+    before = {u for d in eng.observe().gpus[0].devices for u in d.uuids}
+    (gi_before,) = [d.gi_id for d in eng.observe().gpus[0].devices]
+    plan = eng.plan(config(second)).gpu(0).result
+    assert isinstance(plan, GpuPlan) and len(plan.adjust) == 1 and not plan.create and not plan.destroy
+    assert plan_json(eng.plan(config(second)))["gpus"][0]["adjust"][0]["target"] == plan.adjust[0].target.profile
+    ops_before = Counter(ops(backend))
+    report = eng.apply(config(second))
+    assert report.exit_code == 0
+    assert Counter(ops(backend)) - ops_before == spent
+    assert eng.assert_config(config(second)) == []
+    (gpu,) = eng.observe().gpus
+    now = {u for d in gpu.devices for u in d.uuids}
+    assert len(before & now) == kept == len(report.gpus[0].kept_uuids)
+    assert [d.gi_id for d in gpu.devices] == [gi_before]  # the same GPU instance
+
+
+def test_a_failed_change_inside_a_gpu_instance_is_rolled_back(tmp_path, monkeypatch):
+    backend = sim_node(tmp_path, "1xA100-SXM4-40GB")
+    eng = engine(backend)
+    assert eng.apply(config({"1c.3g.20gb": 3})).exit_code == 0
+    before = [(d.profile, d.placement) for d in eng.observe().gpus[0].devices]
+    PROCESS_FAULTS.reset()
+    monkeypatch.setenv(FAULTS_ENV, "create_ci:1")  # the 2c CI, after two 1c were destroyed
+    try:
+        report = eng.apply(config({"2c.3g.20gb": 1, "1c.3g.20gb": 1}))
+    finally:
+        monkeypatch.delenv(FAULTS_ENV)
+        PROCESS_FAULTS.reset()
+    assert report.exit_code == 1 and report.gpus[0].status == "rolled-back"
+    assert [(d.profile, d.placement) for d in eng.observe().gpus[0].devices] == before

@@ -43,7 +43,7 @@ def gpu_difference(entry: GpuPlanEntry, config: str, *, mode_only: bool = False)
     wanted: Counter[str] = Counter()
     if isinstance(entry.result, GpuPlan):
         # GPU-instance shapes as planned (CIs packed as nvidia-mig-parted does)
-        wanted.update(d.profile for d in (*entry.result.keep, *entry.result.create))
+        wanted.update(d.profile for d in entry.result.target)
     else:
         for profile, n in entry.target_devices:
             wanted[profile] += n

@@ -108,6 +108,19 @@ class GpuWriter:
         self._journal.append(_CreatedCi(gi.id, ci.id))
         return ci
 
+    def destroy_compute_instance(self, gi_id: int, ci: ComputeInstance) -> None:
+        """Destroy one compute instance of a GPU instance that stays."""
+        self.backend.destroy_compute_instance(self.index, gi_id, ci.id)
+        self.ops["destroy_ci"] += 1
+        self._journal.append(_DestroyedCi(gi_id, ci.profile_id))
+
+    def create_compute_instance(self, gi_id: int, ci_profile_id: int) -> ComputeInstance:
+        """Create one compute instance in an existing GPU instance."""
+        ci = self.backend.create_compute_instance(self.index, gi_id, ci_profile_id)
+        self.ops["create_ci"] += 1
+        self._journal.append(_CreatedCi(gi_id, ci.id))
+        return ci
+
     def create_instance(self, gi_profile_id: int, start: int, ci_profile_ids: Sequence[int]) -> list[ComputeInstance]:
         """Create a GPU instance at ``start`` and its compute instances in the given order."""
         gi = self.backend.create_gpu_instance(self.index, gi_profile_id, start)

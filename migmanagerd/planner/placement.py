@@ -27,8 +27,9 @@ from itertools import combinations
 
 from migmanagerd.catalog.model import CiProfile, GiProfile, GpuModel, Placement
 from migmanagerd.planner import packing
+from migmanagerd.planner.adjust import adjust
 from migmanagerd.planner.packing import CiItem, GiGroup, fits_in, pack, peer_order, shape_ci_names, shape_name
-from migmanagerd.planner.types import GpuPlan, Infeasible, MigCi, MigDevice
+from migmanagerd.planner.types import GiAdjust, GpuPlan, Infeasible, MigCi, MigDevice
 from migmanagerd.spec.profile import MigProfile, ProfileNameError
 
 Target = Mapping[MigProfile, int] | Sequence[tuple[MigProfile, int]]
@@ -62,37 +63,89 @@ def plan_gpu(model: GpuModel, current: Sequence[MigDevice], target: Target) -> G
     kinds = _kinds(packed)
 
     ordered = sorted(current, key=_device_sort_key)
-    keepable: dict[str, dict[int, MigDevice]] = {}  # profile -> start -> first device there
+    kinds_t = tuple(kinds)
+    actions = _reuse_actions(model, ordered, kinds_t)
+    gains = tuple({s: _kept_cis(kind, a) for s, a in here.items()} for kind, here in zip(kinds_t, actions, strict=True))
+    result = _search(kinds_t, gains)
+    if result is None:
+        return Infeasible(_fragmentation_reason(model, kinds_t))
+    return _assemble(ordered, kinds_t, actions, result[1])
+
+
+def _reuse_actions(
+    model: GpuModel, ordered: Sequence[MigDevice], kinds: Sequence[_Kind]
+) -> list[dict[int, MigDevice | GiAdjust]]:
+    """Per kind and start: the existing GI kept there as is, or adjusted."""
+    keepable: dict[str, dict[int, MigDevice]] = {}  # shape -> start -> first device there
+    reusable: dict[str, dict[int, MigDevice]] = {}  # GI profile -> start -> first GI there
     for dev in ordered:
         if _keepable(model, dev):
             keepable.setdefault(dev.profile, {}).setdefault(dev.placement.start, dev)
+        gi = model.gi_profile(dev.profile.split("[", 1)[0] if "[" in dev.profile else _gi_of(dev.profile))
+        if gi is not None and dev.placement == gi.placement(dev.placement.start) and dev.placement.start in gi.placements:
+            reusable.setdefault(gi.name, {}).setdefault(dev.placement.start, dev)
+    actions: list[dict[int, MigDevice | GiAdjust]] = []
+    for kind in kinds:
+        here: dict[int, MigDevice | GiAdjust] = {}
+        for start, dev in reusable.get(kind.gi.name, {}).items():
+            exact = keepable.get(kind.profile, {}).get(start)
+            changed = adjust(kind.gi, dev, kind.cis, _planned(kind, start)) if exact is None else None
+            if exact is not None or changed is not None:
+                here[start] = exact if exact is not None else changed  # type: ignore[assignment]
+        actions.append(here)
+    return actions
 
-    kinds_t = tuple(kinds)
-    keep_starts = tuple(frozenset(keepable.get(k.profile, {})) for k in kinds_t)
-    result = _search(kinds_t, keep_starts)
-    if result is None:
-        return Infeasible(_fragmentation_reason(model, kinds_t))
 
-    _, choice = result
+def _assemble(
+    ordered: Sequence[MigDevice],
+    kinds: Sequence[_Kind],
+    actions: Sequence[dict[int, MigDevice | GiAdjust]],
+    choice: Sequence[tuple[int, ...]],
+) -> GpuPlan:
     keep: list[MigDevice] = []
+    changes: list[GiAdjust] = []
     create: list[MigDevice] = []
-    for kind, starts in zip(kinds_t, choice):
+    for kind, here, starts in zip(kinds, actions, choice, strict=True):
         for s in starts:
-            existing = keepable.get(kind.profile, {}).get(s)
-            if existing is not None:
-                keep.append(existing)
+            action = here.get(s)
+            if isinstance(action, MigDevice):
+                keep.append(action)
+            elif isinstance(action, GiAdjust):
+                changes.append(action)
             else:
-                # a single-CI device is named by its CI, as it always was
-                cis = tuple(MigCi(ci.name) for ci in kind.cis) if len(kind.cis) > 1 else ()
-                create.append(MigDevice(placement=kind.gi.placement(s), profile=kind.profile, cis=cis))
-    kept_ids = {id(d) for d in keep}
+                create.append(_planned(kind, s))
+    kept_ids = {id(d) for d in keep} | {id(a.current) for a in changes}
     destroy = [d for d in ordered if id(d) not in kept_ids]
-    by_place = lambda d: (d.placement, d.profile)  # noqa: E731
+
+    def by_place(d: MigDevice) -> tuple[Placement, str]:
+        return (d.placement, d.profile)
+
     return GpuPlan(
         keep=tuple(sorted(keep, key=by_place)),
         destroy=tuple(sorted(destroy, key=_device_sort_key)),
         create=tuple(sorted(create, key=by_place)),
+        adjust=tuple(sorted(changes, key=lambda a: by_place(a.target))),
     )
+
+
+def _gi_of(profile: str) -> str:
+    try:
+        return MigProfile.parse(profile).gi_name
+    except ProfileNameError:
+        return ""
+
+
+def _planned(kind: _Kind, start: int) -> MigDevice:
+    """A new GPU instance of ``kind`` at ``start``; a single-CI device is named
+    by its CI and lists no CIs, as it always did."""
+    cis = tuple(MigCi(ci.name) for ci in kind.cis) if len(kind.cis) > 1 else ()
+    return MigDevice(placement=kind.gi.placement(start), profile=kind.profile, cis=cis)
+
+
+def _kept_cis(kind: _Kind, action: MigDevice | GiAdjust) -> int:
+    if isinstance(action, GiAdjust):
+        return len(action.current.cis) - len(action.destroy)
+    return max(1, len(kind.cis))
 
 
 def check_layout(model: GpuModel, devices: Sequence[MigDevice]) -> str | None:
@@ -211,7 +264,7 @@ def _groups_reason(model: GpuModel, groups: Sequence[GiGroup]) -> str | None:
     reason = _budget_reason(model, kinds)
     if reason is not None:
         return reason
-    if _search(tuple(kinds), tuple(frozenset() for _ in kinds)) is None:
+    if _search(tuple(kinds), tuple({} for _ in kinds)) is None:
         return _fragmentation_reason(model, kinds)
     return None
 
@@ -260,14 +313,14 @@ def _fragmentation_reason(model: GpuModel, kinds: Sequence[_Kind]) -> str:
 
 
 def _search(
-    kinds: tuple[_Kind, ...], keep_starts: tuple[frozenset[int], ...]
+    kinds: tuple[_Kind, ...], keep_gains: tuple[Mapping[int, int], ...]
 ) -> tuple[int, tuple[tuple[int, ...], ...]] | None:
-    """Best (kept count, starts per kind) or None if no arrangement exists."""
+    """Best (kept compute instances, starts per kind) or None if no arrangement
+    exists. ``keep_gains[i][start]``: how many existing CIs placing kind i at
+    ``start`` keeps."""
     options = tuple(_combos(k.gi.placements, k.gi.memory_slices, k.count) for k in kinds)
     gains = tuple(
-        # a kept GPU instance scores one per compute instance (UUID) it keeps
-        tuple(len(keep_starts[i].intersection(starts)) * max(1, len(kinds[i].cis)) for starts, _ in options[i])
-        for i in range(len(kinds))
+        tuple(sum(keep_gains[i].get(s, 0) for s in starts) for starts, _ in options[i]) for i in range(len(kinds))
     )
 
     @cache

@@ -46,16 +46,45 @@ class MigDevice:
 
 
 @dataclass(frozen=True)
+class GiAdjust:
+    """An existing GPU instance kept in place whose compute instances change:
+    ``destroy`` goes, the CIs named in ``create`` are added (in that order),
+    the others keep their UUIDs. ``target`` is the GI as planned."""
+
+    current: MigDevice
+    target: MigDevice
+    destroy: tuple[MigCi, ...]
+    create: tuple[str, ...]  # canonical CI profile names, creation order
+
+    @property
+    def kept_uuids(self) -> tuple[str, ...]:
+        gone = {c.ci_id for c in self.destroy}
+        return tuple(c.uuid for c in self.current.cis if c.uuid and c.ci_id not in gone)
+
+
+@dataclass(frozen=True)
 class GpuPlan:
-    """The minimal change for one GPU: destroy first, then create."""
+    """The minimal change for one GPU: destroy whole GPU instances, adjust the
+    compute instances of kept ones, then create GPU instances."""
 
     keep: tuple[MigDevice, ...]
     destroy: tuple[MigDevice, ...]
     create: tuple[MigDevice, ...]  # every one with an explicit placement
+    adjust: tuple[GiAdjust, ...] = ()
 
     @property
     def is_noop(self) -> bool:
-        return not self.destroy and not self.create
+        return not self.destroy and not self.create and not self.adjust
+
+    @property
+    def kept_uuids(self) -> tuple[str, ...]:
+        """MIG device UUIDs that survive the plan (whole kept GIs and adjusted ones)."""
+        return tuple(u for d in self.keep for u in d.uuids) + tuple(u for a in self.adjust for u in a.kept_uuids)
+
+    @property
+    def target(self) -> tuple[MigDevice, ...]:
+        """Every GPU instance as the GPU will have it."""
+        return (*self.keep, *(a.target for a in self.adjust), *self.create)
 
 
 @dataclass(frozen=True)
