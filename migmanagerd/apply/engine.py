@@ -17,7 +17,7 @@ the run's; nothing else calls them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -476,5 +476,5 @@ class ApplyEngine:
 
     def _unchanged(self, state: NodeState, plan: NodePlan, index: int) -> GpuResult:
         entry = plan.gpu(index)
-        kept: Iterable[MigDevice] = entry.result.keep if isinstance(entry.result, GpuPlan) else ()
-        return GpuResult(index, R.UNCHANGED, kept_uuids=tuple(u for d in kept for u in d.uuids))
+        kept = entry.result.kept_uuids if isinstance(entry.result, GpuPlan) else ()
+        return GpuResult(index, R.UNCHANGED, kept_uuids=kept)

@@ -161,6 +161,11 @@ def pack(items: Sequence[CiItem], reason: Callable[[tuple[GiGroup, ...]], str | 
     or the first ordering's reason why not."""
     first: str | None = None
     seen: set[tuple[str, ...]] = set()
+    if not _can_share(items):
+        # every ordering makes the same GPU instances: one is enough
+        groups = group(peer_order(items))
+        why = reason(groups)
+        return groups if why is None else why
     for n, order in enumerate(orderings(peer_order(items))):
         if n >= MAX_ORDERINGS:
             break
@@ -175,6 +180,18 @@ def pack(items: Sequence[CiItem], reason: Callable[[tuple[GiGroup, ...]], str | 
         if first is None:
             first = why
     return first if first is not None else "no compute instances requested"
+
+
+def _can_share(items: Sequence[CiItem]) -> bool:
+    """Whether two items could ever share a GPU instance: same GI profile and
+    at least one of them smaller than the whole GI."""
+    seen: dict[str, int] = {}
+    partial: set[str] = set()
+    for it in items:
+        seen[it.gi.name] = seen.get(it.gi.name, 0) + 1
+        if it.ci.compute_slices < it.gi.compute_slices:
+            partial.add(it.gi.name)
+    return any(seen[name] > 1 for name in partial)
 
 
 def _desc(text: str) -> str:
