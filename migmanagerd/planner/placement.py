@@ -57,16 +57,17 @@ def plan_gpu(model: GpuModel, current: Sequence[MigDevice], target: Target) -> G
         wanted = ", ".join(f"{n} x{k}" for n, k in Counter(it.name for it in by_peer).items())
         first = _groups_reason(model, packing.group(by_peer))
         return Infeasible(first or f"compute instances need {compute} of {model.compute_slices} compute slices on {model.name} ({wanted})")
-    packed = pack(items, lambda groups: _groups_reason(model, groups))
+    fitted: dict[str, _Fit] = {}
+    packed = pack(items, lambda groups: _groups_reason(model, groups, fitted))
     if isinstance(packed, str):
         return Infeasible(packed)
-    kinds = _kinds(packed)
+    kinds_t, result = fitted["fit"]  # the packed groups' kinds and their arrangement from empty
 
     ordered = sorted(current, key=_device_sort_key)
-    kinds_t = tuple(kinds)
     actions = _reuse_actions(model, ordered, kinds_t)
     gains = tuple({s: _kept_cis(kind, a) for s, a in here.items()} for kind, here in zip(kinds_t, actions, strict=True))
-    result = _search(kinds_t, gains)
+    if any(gains):  # something to keep: search again for the arrangement that keeps most
+        result = _search(kinds_t, gains)
     if result is None:
         return Infeasible(_fragmentation_reason(model, kinds_t))
     return _assemble(ordered, kinds_t, actions, result[1])
@@ -258,14 +259,21 @@ def _kinds(groups: Sequence[GiGroup]) -> list[_Kind]:
     return kinds
 
 
-def _groups_reason(model: GpuModel, groups: Sequence[GiGroup]) -> str | None:
-    """None when these GPU instances fit an empty GPU of ``model``."""
-    kinds = _kinds(groups)
+_Fit = tuple[tuple[_Kind, ...], "tuple[int, tuple[tuple[int, ...], ...]] | None"]
+
+
+def _groups_reason(model: GpuModel, groups: Sequence[GiGroup], fitted: dict[str, _Fit] | None = None) -> str | None:
+    """None when these GPU instances fit an empty GPU of ``model``; then
+    ``fitted["fit"]`` holds their kinds and arrangement."""
+    kinds = tuple(_kinds(groups))
     reason = _budget_reason(model, kinds)
     if reason is not None:
         return reason
-    if _search(tuple(kinds), tuple({} for _ in kinds)) is None:
+    found = _search(kinds, tuple({} for _ in kinds))
+    if found is None:
         return _fragmentation_reason(model, kinds)
+    if fitted is not None:
+        fitted["fit"] = (kinds, found)
     return None
 
 
