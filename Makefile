@@ -11,7 +11,7 @@ RUNTIME_APT := python3-gi python3-pydbus python3-yaml python3-sdnotify python3-v
 # a real Slurm (tests/test_integrations_slurm_real.py).
 TEST_APT := build-essential dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian groff-base git slurmctld slurmd slurm-client
 
-.PHONY: test demo deps test-deps bench clean
+.PHONY: test check demo deps test-deps bench clean
 
 define apt_install
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -38,8 +38,14 @@ test-deps: deps
 test: test-deps
 	$(VPY) -m pytest -q
 
+# The quality gate (configured in pyproject.toml): ruff's rule set over every
+# Python tree, and mypy --strict over the package. Not yet part of `make test`.
+check: deps
+	$(VENV)/bin/ruff check migmanagerd tests benchmarks tools scripts demo
+	$(VENV)/bin/mypy
+
 demo: deps
-	$(VPY) -m migmanagerd.demo
+	$(VPY) -m demo
 
 bench: deps
 	$(VPY) benchmarks/run_all.py

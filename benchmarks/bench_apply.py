@@ -28,8 +28,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from migmanagerd.apply.engine import ApplyEngine
+from migmanagerd.apply.nodeplan import NodePlan
 from migmanagerd.catalog.load import load_catalog
 from migmanagerd.gpu.sim import SimBackend, init_node
 from migmanagerd.gpu.sim_faults import LATENCY_ENV
@@ -50,14 +52,15 @@ TRANSITIONS = [
     ("all-balanced", "all-3g.20gb"),
 ]
 WALL_TARGET = 1.15
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "mig-parted" / "config-default.yaml"
+# the shipped config: its all-* configs are what a node applies
+SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 # The simulator saves its state with fsync under a node-wide lock after every
 # write; on tmpfs that costs microseconds, on a disk milliseconds that would be
 # charged to the engine. Real GPUs have no such shared lock.
 STATE_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
-def clear_and_recreate_ops(engine: ApplyEngine, plan) -> int:
+def clear_and_recreate_ops(engine: ApplyEngine, plan: NodePlan) -> int:
     """Writes a strategy that empties every selected GPU and builds the target from scratch needs."""
     total = 0
     for entry in plan.gpus:
@@ -78,7 +81,7 @@ def clear_and_recreate_ops(engine: ApplyEngine, plan) -> int:
     return total
 
 
-def run(scale: float, gpus: int, config_path: Path) -> list[dict]:
+def run(scale: float, gpus: int, config_path: Path) -> list[dict[str, Any]]:
     catalog = load_catalog()
     configs = load_config(config_path).configs
     rows = []
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every latency (default 1.0)")
     ap.add_argument("--gpus", type=int, default=8, help="A100-SXM4-40GB GPUs in the node (default 8)")
-    ap.add_argument("--config", type=Path, default=VECTORS, help="config file with the all-* configs")
+    ap.add_argument("--config", type=Path, default=SHIPPED_CONFIG, help="config file with the all-* configs")
     args = ap.parse_args(argv)
     rows = run(args.scale, args.gpus, args.config)
     lat = ", ".join(f"{k}={v * args.scale:g}s" for k, v in LATENCY.items())

@@ -17,6 +17,7 @@ import itertools
 import random
 import sys
 import time
+from typing import Any
 
 from migmanagerd.catalog.load import load_catalog
 from migmanagerd.catalog.model import GpuModel
@@ -33,14 +34,16 @@ def multisets(model: GpuModel) -> list[list[tuple[MigProfile, int]]]:
     profiles = [(MigProfile.parse(p.name), p.max_count) for p in model.gi_profiles]
     out = []
     for counts in itertools.product(*(range(mx + 1) for _, mx in profiles)):
-        out.append([(p, k) for (p, _), k in zip(profiles, counts) if k])
+        out.append([(p, k) for (p, _), k in zip(profiles, counts, strict=True) if k])
     return out
 
 
-def start_layouts(model: GpuModel, targets, n: int, seed: str) -> list[list[MigDevice]]:
+def start_layouts(
+    model: GpuModel, targets: list[list[tuple[MigProfile, int]]], n: int, seed: str,
+) -> list[list[MigDevice]]:
     """``n`` distinct non-empty layouts, made by planning random feasible targets."""
     rng = random.Random(seed)
-    layouts: dict[tuple, list[MigDevice]] = {}
+    layouts: dict[tuple[MigDevice, ...], list[MigDevice]] = {}
     shuffled = list(targets)
     rng.shuffle(shuffled)
     for t in shuffled:
@@ -53,9 +56,9 @@ def start_layouts(model: GpuModel, targets, n: int, seed: str) -> list[list[MigD
     return list(layouts.values())
 
 
-def bench_model(model: GpuModel, n_layouts: int) -> dict:
+def bench_model(model: GpuModel, n_layouts: int) -> dict[str, Any]:
     targets = multisets(model)
-    starts = [[]] + start_layouts(model, targets, n_layouts, f"bench-{model.name}")
+    starts: list[list[MigDevice]] = [[]] + start_layouts(model, targets, n_layouts, f"bench-{model.name}")
     gc.collect()
     gc.disable()  # measure the planner, not the collector's pauses
     try:

@@ -98,7 +98,7 @@ def _profiles(nv: Any, h: Any) -> list[dict[str, Any]]:
 
 
 def _instances(nv: Any, h: Any, profiles: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for p in profiles:
         if "id" not in p or not p.get("instanceCount"):
             continue
@@ -112,23 +112,28 @@ def _instances(nv: Any, h: Any, profiles: list[dict[str, Any]]) -> list[dict[str
             if err:
                 out.append({"error": err})
                 continue
-            gi: dict[str, Any] = {"id": int(info.id), "profile_id": int(info.profileId),
-                                  "placement": [int(info.placement.start), int(info.placement.size)], "compute_instances": []}
-            for enum in range(nv.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
-                cinfo, err = _try(nv, nv.nvmlGpuInstanceGetComputeInstanceProfileInfo, buf[i], enum, nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
-                if err or not cinfo.instanceCount:
-                    continue
-                cbuf = (nv.c_nvmlComputeInstance_t * int(cinfo.instanceCount))()
-                ccount = ctypes.c_uint(0)
-                _, err = _try(nv, nv.nvmlGpuInstanceGetComputeInstances, buf[i], cinfo.id, cbuf, ctypes.byref(ccount))
-                if err:
-                    continue
-                for k in range(ccount.value):
-                    ci, err = _try(nv, nv.nvmlComputeInstanceGetInfo, cbuf[k])
-                    if not err:
-                        gi["compute_instances"].append({"id": int(ci.id), "profile_enum": enum, "profile_id": int(ci.profileId),
-                                                        "placement": [int(ci.placement.start), int(ci.placement.size)]})
-            out.append(gi)
+            out.append({"id": int(info.id), "profile_id": int(info.profileId),
+                        "placement": [int(info.placement.start), int(info.placement.size)],
+                        "compute_instances": _compute_instances(nv, buf[i])})
+    return out
+
+
+def _compute_instances(nv: Any, gi: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for enum in range(nv.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
+        cinfo, err = _try(nv, nv.nvmlGpuInstanceGetComputeInstanceProfileInfo, gi, enum, nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+        if err or not cinfo.instanceCount:
+            continue
+        cbuf = (nv.c_nvmlComputeInstance_t * int(cinfo.instanceCount))()
+        ccount = ctypes.c_uint(0)
+        _, err = _try(nv, nv.nvmlGpuInstanceGetComputeInstances, gi, cinfo.id, cbuf, ctypes.byref(ccount))
+        if err:
+            continue
+        for k in range(ccount.value):
+            ci, err = _try(nv, nv.nvmlComputeInstanceGetInfo, cbuf[k])
+            if not err:
+                out.append({"id": int(ci.id), "profile_enum": enum, "profile_id": int(ci.profileId),
+                            "placement": [int(ci.placement.start), int(ci.placement.size)]})
     return out
 
 

@@ -10,8 +10,12 @@ from migmanagerd.apply.engine import ApplyEngine
 from migmanagerd.gpu.sim import SimBackend, init_node
 from migmanagerd.gpu.sim_faults import PROCESS_FAULTS
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "mig-parted"
-DEFAULT_CONFIG = VECTORS / "config-default.yaml"
+# the shipped config.yaml: all-disabled, all-enabled, all-balanced and an all-<profile>
+# config per profile, with device filters per model
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+
+# configs without device filters, refused where a selected GPU lacks the profile
+UNFILTERED_CONFIG = Path(__file__).resolve().parent / "data" / "unfiltered.yaml"
 
 A100_NODE = "8xA100-SXM4-40GB"
 MIXED_NODE = "2xA100-SXM4-40GB,2xA30-24GB,2xH100-80GB"
@@ -29,6 +33,13 @@ def default_configs():
     from migmanagerd.spec.config import load_config
 
     return load_config(DEFAULT_CONFIG)
+
+
+@cache
+def unfiltered_configs():
+    from migmanagerd.spec.config import load_config
+
+    return load_config(UNFILTERED_CONFIG)
 
 
 def sim_node(tmp_path: Path, spec: str, *, name: str = "node.json", **kw) -> SimBackend:

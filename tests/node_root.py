@@ -7,11 +7,11 @@ from pathlib import Path
 from migmanagerd.gpu.sim import init_node
 from migmanagerd.service.paths import NodePaths
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "mig-parted"
+SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 
 
 def sim_node_root(tmp_path: Path, monkeypatch, *, spec: str = "2xA100-SXM4-40GB", extra_config: str = "") -> NodePaths:
-    """``<tmp>/root`` holding NVIDIA's example config.yaml (plus ``extra_config``
+    """``<tmp>/root`` holding the shipped config.yaml (plus ``extra_config``
     configs), a simulated ``spec`` node, and the environment pointing at both;
     no selection in the environment. Dirs 0755: the trust check needs that."""
     root = tmp_path / "root"
@@ -19,7 +19,7 @@ def sim_node_root(tmp_path: Path, monkeypatch, *, spec: str = "2xA100-SXM4-40GB"
     etc.mkdir(parents=True)
     for d in (root, root / "etc", etc):
         d.chmod(0o755)
-    (etc / "config.yaml").write_text((VECTORS / "examples-config.yaml").read_text() + extra_config)
+    (etc / "config.yaml").write_text(SHIPPED_CONFIG.read_text() + extra_config)
     state = tmp_path / "sim.json"
     init_node(state, spec)
     monkeypatch.setenv("MIGMANAGERD_ROOT", str(root))

@@ -1,4 +1,4 @@
-"""The apply engine end to end on simulated nodes, with NVIDIA's shipped configs."""
+"""The apply engine end to end on simulated nodes, with the shipped config.yaml."""
 
 from __future__ import annotations
 
@@ -15,20 +15,20 @@ from apply_helpers import (
     multiset,
     ops,
     sim_node,
+    unfiltered_configs,
 )
 
 from migmanagerd.apply import report as R
 from migmanagerd.errors import UsageError
 from migmanagerd.spec.config import parse_config
 
-# Which of config-default.yaml's configs fit each node (every GPU they select).
+# Which of config/config.yaml's configs fit each node (every GPU they select).
 # Written out so a catalog or planner regression that rejects a good config
 # (or accepts a bad one) fails here.
 A100_FITS = {
     "all-disabled", "all-enabled", "all-1g.5gb", "all-1g.5gb.me", "all-2g.10gb",
     "all-3g.20gb", "all-4g.20gb", "all-7g.40gb", "all-1g.10gb", "all-balanced",
 }
-MIXED_FITS = {"all-disabled", "all-enabled", "all-1g.10gb", "all-balanced"}
 H100_FITS = {
     "all-disabled", "all-enabled", "all-1g.10gb", "all-1g.10gb.me", "all-1g.20gb", "all-2g.20gb",
     "all-3g.40gb", "all-4g.40gb", "all-7g.80gb", "all-balanced",
@@ -37,6 +37,9 @@ A30_FITS = {
     "all-disabled", "all-enabled", "all-1g.6gb", "all-1g.6gb.me", "all-2g.12gb", "all-2g.12gb.me",
     "all-4g.24gb", "all-balanced",
 }
+# Each per-profile config is filtered to the models that have the profile, so
+# on a mixed node it takes the GPUs it names and leaves the others alone.
+MIXED_FITS = A100_FITS | H100_FITS | A30_FITS
 
 
 def _classify(eng) -> tuple[set[str], set[str]]:
@@ -88,7 +91,7 @@ def test_every_shipped_config_applies_or_is_refused_untouched(tmp_path, spec, ex
 def test_refusal_names_each_gpu_that_cannot_take_the_config(tmp_path):
     backend = sim_node(tmp_path, MIXED_NODE)
     eng = engine(backend)
-    plan = eng.plan(default_configs().configs["all-1g.5gb"])
+    plan = eng.plan(unfiltered_configs().configs["all-1g.5gb"])
     assert not plan.feasible
     # A30s (2, 3) and H100s (4, 5) have no 1g.5gb; the A100s (0, 1) would be fine.
     bad = sorted(int(e.split()[1]) for e in plan.errors)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from apply_helpers import catalog, default_configs
+from apply_helpers import catalog, default_configs, unfiltered_configs
 from fake_pynvml import FakeNvml, install
 
 from migmanagerd.apply import report as R
@@ -62,15 +62,15 @@ def test_transition_keeps_uuids_over_nvml(node):
     eng.apply(configs["all-balanced"])
     before = {d.uuid for v in eng.observe().gpus if v.index in (0, 1) for d in v.devices if d.profile == "3g.20gb"}
     assert len(before) == 2
-    cfg_a100 = configs["all-3g.20gb"]
-    # all-3g.20gb has no device-filter: it does not fit the H100, so use the A100 GPUs only.
+    cfg_unfiltered = unfiltered_configs().configs["all-3g.20gb"]
+    # without a device-filter all-3g.20gb does not fit the H100, so use the A100 GPUs only.
     from migmanagerd.spec.config import parse_config
 
     cfg = parse_config(
         'version: v1\nmig-configs:\n  a:\n    - devices: [0, 1]\n      mig-enabled: true\n      mig-devices: {"3g.20gb": 2}\n',
         "a.yaml",
     ).configs["a"]
-    assert not eng.plan(cfg_a100).feasible
+    assert not eng.plan(cfg_unfiltered).feasible
     report = eng.apply(cfg)
     assert report.exit_code == 0
     after = {d.uuid for v in eng.observe().gpus if v.index in (0, 1) for d in v.devices}

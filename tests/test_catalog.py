@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import copy
 from importlib import resources
-from pathlib import Path
 
 import pytest
 import yaml
+from vectors import VECTORS, needs_vectors
 
 from migmanagerd.catalog.load import CatalogError, load_catalog, parse_catalog
 from migmanagerd.spec.profile import MigProfile
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "mig-parted"
 CATALOG = load_catalog()
 MODELS = CATALOG.models
 
@@ -196,7 +195,7 @@ def _config_default_entries():
                 yield name, i, [int(f, 16) for f in filt], e["mig-devices"]
 
 
-@pytest.mark.skipif(not VECTORS.is_dir(), reason=f"mig-parted vectors not found at {VECTORS}")
+@needs_vectors
 def test_every_config_default_profile_is_in_an_admitted_model():
     checked = 0
     for name, i, filters, devices in _config_default_entries():

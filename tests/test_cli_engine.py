@@ -7,7 +7,17 @@ import json
 from collections import Counter
 
 import pytest
-from apply_helpers import DEFAULT_CONFIG, catalog, default_configs, engine, layout, multiset, ops, sim_node
+from apply_helpers import (
+    DEFAULT_CONFIG,
+    UNFILTERED_CONFIG,
+    catalog,
+    default_configs,
+    engine,
+    layout,
+    multiset,
+    ops,
+    sim_node,
+)
 
 from migmanagerd.cli.main import main
 from migmanagerd.spec.config import parse_config
@@ -113,7 +123,7 @@ def test_bad_config_file_is_exit_2_with_location(node, capsys, tmp_path):
 
 
 def test_config_that_does_not_fit_is_exit_2_and_touches_nothing(node, capsys):
-    code, _, err = run(capsys, "apply", "-f", CFG, "-c", "all-1g.5gb")
+    code, _, err = run(capsys, "apply", "-f", str(UNFILTERED_CONFIG), "-c", "all-1g.5gb")
     assert code == 2
     assert "config 'all-1g.5gb' does not fit" in err
     assert "GPU 2 (A30-24GB)" in err and "1g.5gb" in err
@@ -145,7 +155,7 @@ def test_plan_json_keys(node, capsys):
 
 
 def test_plan_json_for_a_config_that_does_not_fit(node, capsys):
-    code, out, _ = run(capsys, "plan", "-f", CFG, "-c", "all-1g.5gb", "--json")
+    code, out, _ = run(capsys, "plan", "-f", str(UNFILTERED_CONFIG), "-c", "all-1g.5gb", "--json")
     doc = json.loads(out)
     assert code == 2
     assert doc["feasible"] is False

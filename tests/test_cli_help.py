@@ -131,10 +131,35 @@ def test_manpage_lists_environment_variables_read_anywhere_in_the_package(manpag
     assert "\\fBMIGMANAGERD_NEW_KNOB\\fR\nRead by migmanagerd/x.py." in text
 
 
-@pytest.mark.skipif(shutil.which("groff") is None, reason="groff not installed: cannot typeset the man page")
-def test_manpage_typesets_without_warnings(manpage):
-    proc = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z"], input=manpage, capture_output=True, text=True)
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+# what `man` typesets for a UTF-8, a Latin-1 and a C locale
+GROFF_DEVICES = ("utf8", "latin1", "ascii")
+
+
+def groff_warnings(page: str, device: str) -> str:
+    if shutil.which("groff") is None:
+        pytest.skip("groff is not installed (apt-get install groff-base)")
+    proc = subprocess.run(["groff", "-man", f"-T{device}", "-ww", "-z"], input=page, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.parametrize("device", GROFF_DEVICES)
+def test_manpage_typesets_without_warnings(manpage, device):
+    assert groff_warnings(manpage, device) == ""
+
+
+@pytest.mark.parametrize("device", GROFF_DEVICES)
+def test_manpage_writes_characters_troff_lacks_as_ascii(device):
+    """An ellipsis (as in a metavar "OP=S,\u2026") has no glyph on the latin1 and ascii
+    devices: troff warns "can't find special character 'u2026'" and drops it."""
+    p = argparse.ArgumentParser(prog="migmanagerd", description="top")
+    sub = p.add_subparsers(dest="command")
+    c = sub.add_parser("sim", help="simulated node \u2014 dashes \u2013 and \u201cquotes\u201d \u2192 kept")
+    c.add_argument("--latency", metavar="OP=S,\u2026", help="seconds\u00a0per operation\u2026")
+    text = gen_manpage.render_manpage(cli_model.read_command(p), "9.9", "2026-01-01", package_dir=Path("/nonexistent"))
+    assert "\u2026" not in text and "u2026" not in text
+    assert "OP=S,..." in text
+    assert groff_warnings(text, device) == ""
 
 
 def _complete(script: str, words: list[str], env: dict[str, str] | None = None) -> list[str]:

@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from vectors import VECTORS, needs_vectors
 
 from migmanagerd.cli.main import main
-
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "mig-parted"
-needs_vectors = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"mig-parted vectors not found at {VECTORS}")
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

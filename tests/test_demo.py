@@ -1,4 +1,4 @@
-"""`make demo` end to end: `python -m migmanagerd.demo` as a subprocess.
+"""`make demo` end to end: `python -m demo` as a subprocess.
 
 The demo starts its own systemd user manager (not the shared test fixture's),
 so it is run exactly as a newcomer runs it, and its output is checked for
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from migmanagerd.demo.processes import CGROUP_ROOT
-from migmanagerd.demo.usermanager import missing_requirement
+from demo.processes import CGROUP_ROOT
+from demo.usermanager import missing_requirement
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TIMEOUT_S = 240  # the demo takes ~15 s here; docs/demo.md promises < 2 min
@@ -42,7 +42,7 @@ def _run_demo(logs: Path) -> tuple[subprocess.CompletedProcess, float]:
     env.pop("MIG_PARTED_SELECTED_CONFIG", None)
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "migmanagerd.demo"], cwd=REPO, env=env,
+        [sys.executable, "-m", "demo"], cwd=REPO, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -133,7 +133,7 @@ def test_demo_walks_every_step_and_cleans_up(tmp_path):
 
 def test_ctrl_c_tears_everything_down(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "migmanagerd.demo"], cwd=REPO,
+        [sys.executable, "-m", "demo"], cwd=REPO,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     lines: list[str] = []

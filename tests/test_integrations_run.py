@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from migmanagerd.clients.systemd import SystemdError
 from migmanagerd.integrations.layout import GpuLayout, MigDeviceInfo, NodeLayout, RunSummary
 from migmanagerd.integrations.run import make_slurm_drain, run_integrations
 from migmanagerd.integrations.settings import parse_integrations
@@ -135,7 +136,7 @@ def test_slurmd_not_running_is_not_restarted(tmp_path, monkeypatch):
 def test_slurmd_restart_failure_keeps_node_drained(tmp_path, monkeypatch):
     node = Node(tmp_path, monkeypatch)
     make_slurm_drain(node.settings, unit_active=node.unit_active).before_change("half-3g")
-    node.restart_error = RuntimeError("Unit slurmd.service failed")
+    node.restart_error = SystemdError("Unit slurmd.service failed")
     report = node.run(OK)
     assert report["slurm"]["status"] == "failed"
     assert report["slurm"]["error"] == "restart of slurmd.service failed: Unit slurmd.service failed"
@@ -164,6 +165,20 @@ def test_unexpected_exception_in_a_callable_is_contained(tmp_path, monkeypatch):
                               enqueue_restart=broken, unit_exists=node.unit_exists, unit_active=node.unit_active)
     assert report["cdi"] == {"enabled": True, "status": "failed", "error": "system bus gone"}
     assert report["slurm"]["status"] == "ok"
+
+
+def test_a_bug_in_an_integration_is_contained_and_logged_with_its_traceback(tmp_path, monkeypatch, caplog):
+    node = Node(tmp_path, monkeypatch)
+
+    def buggy(unit):
+        raise KeyError("no such key")
+    with caplog.at_level("WARNING", logger="migmanagerd"):
+        report = run_integrations(node.settings, LAYOUT, OK, restart_unit=node.restart_unit,
+                                  enqueue_restart=buggy, unit_exists=node.unit_exists, unit_active=node.unit_active)
+    assert report["cdi"] == {"enabled": True, "status": "failed", "error": "'no such key'"}
+    assert report["slurm"]["status"] == "ok"
+    bug = [r for r in caplog.records if "cdi integration failed unexpectedly" in r.getMessage()]
+    assert bug and bug[0].levelname == "ERROR" and bug[0].exc_info is not None
 
 
 def test_all_disabled_does_nothing():

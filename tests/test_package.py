@@ -13,10 +13,12 @@ import re
 import shutil
 import stat
 import subprocess
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import setuptools
 
 from migmanagerd import __version__
 
@@ -41,6 +43,8 @@ CONFFILES = {f"/etc/nvidia-mig-manager/{name}" for name in SHIPPED_CONFIG} | {
     "/etc/systemd/system/nvidia-mig-manager.service.d/override.conf",
 }
 MAINTAINER_SCRIPTS = ("preinst", "postinst", "prerm", "postrm")
+# Set per test by tests/conftest.py; every run of the installed program carries them.
+ISOLATION_VARS = ("MIGMANAGERD_ROOT", "DBUS_SYSTEM_BUS_ADDRESS")
 
 
 def test_changelog_version_is_the_package_version():
@@ -74,10 +78,22 @@ class Built:
         return self.root / "usr/lib/python3/dist-packages"
 
     def run_installed(self, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
-        """Run the installed /usr/bin/migmanagerd with the installed modules only."""
-        env = {"PATH": SYSTEM_PATH, "PYTHONPATH": str(self.dist_packages), "LANG": "C.UTF-8", **extra_env}
+        """Run the installed /usr/bin/migmanagerd with the installed modules only,
+        inside the test's throwaway node root (tests/conftest.py): a clean
+        environment must not drop the isolation, or `apply -c` writes this
+        machine's drop-in and state and reloads its systemd."""
+        env = {"PATH": SYSTEM_PATH, "PYTHONPATH": str(self.dist_packages), "LANG": "C.UTF-8",
+               **isolation_env(), **extra_env}
         return subprocess.run([SYSTEM_PYTHON, str(self.root / "usr/bin/migmanagerd"), *args],
                               capture_output=True, text=True, env=env, cwd=self.work)
+
+
+def isolation_env() -> dict[str, str]:
+    """The variables that keep a run off this machine's node files and system bus."""
+    env = {name: os.environ.get(name, "") for name in ISOLATION_VARS}
+    missing = [name for name, value in env.items() if not value]
+    assert not missing, f"tests/conftest.py's isolation is not in effect: {missing} unset"
+    return env
 
 
 def _copy_tracked_files(dest: Path) -> None:
@@ -156,6 +172,9 @@ def test_installed_migmanagerd_applies_a_shipped_config_on_the_simulator(built, 
         assert proc.returncode == 0, f"{args}: {proc.stdout}{proc.stderr}"
     proc = built.run_installed("assert", "--backend", "sim", "-f", config, "-c", "all-disabled", **env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
+    # `apply -c` selected the config in the node's drop-in: the test's node root, not this machine's
+    drop_in = Path(os.environ["MIGMANAGERD_ROOT"], "etc/systemd/system", f"{UNIT}.d", "override.conf")
+    assert "all-1g.5gb" in drop_in.read_text()
 
 
 def test_launcher_searches_the_operators_nvidia_ml_py_directory_last(built):
@@ -195,6 +214,22 @@ def test_package_installs_units_man_page_completion_and_config(built):
     assert not (built.root / "lib").exists()
 
 
+def test_package_holds_no_demo(built):
+    """The demo (demo/) runs from a checkout only; neither the .deb nor the wheel carries it."""
+    listing = subprocess.run(["dpkg-deb", "-c", str(built.deb)], capture_output=True, text=True, check=True).stdout
+    paths = [line.split()[-1] for line in listing.splitlines()]
+    assert not [p for p in paths if re.search(r"/(demo|usermanager)(/|\.py$)", p)]
+    assert (built.dist_packages / "migmanagerd").is_dir() and not (built.dist_packages / "demo").exists()
+
+
+def test_wheel_packages_are_migmanagerds_only():
+    """What `[tool.setuptools.packages.find]` puts in the wheel (and pybuild in the .deb)."""
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = setuptools.find_packages(str(ROOT), include=find["include"], exclude=find.get("exclude", ()))
+    assert "migmanagerd" in packages and "migmanagerd.cli" in packages
+    assert [p for p in packages if p.split(".")[0] != "migmanagerd" or ".demo" in p] == []
+
+
 def test_shipped_config_files_are_the_projects(built):
     for name in SHIPPED_CONFIG:
         assert (built.root / "etc/nvidia-mig-manager" / name).read_bytes() == (ROOT / "config" / name).read_bytes()
@@ -203,7 +238,7 @@ def test_shipped_config_files_are_the_projects(built):
 
 def test_state_dir_is_root_only(built):
     listing = subprocess.run(["dpkg-deb", "-c", str(built.deb)], capture_output=True, text=True, check=True).stdout
-    line = next(l for l in listing.splitlines() if l.rstrip().endswith("./var/lib/nvidia-mig-manager/"))
+    line = next(ln for ln in listing.splitlines() if ln.rstrip().endswith("./var/lib/nvidia-mig-manager/"))
     assert line.split()[:2] == ["drwx------", "root/root"], line
     assert stat.S_IMODE((built.root / "var/lib/nvidia-mig-manager").stat().st_mode) == 0o700
 
@@ -220,10 +255,57 @@ def test_conffiles_are_the_etc_files(built):
 
 def test_depends_on_the_debian_python_modules(built):
     control = (built.control / "control").read_text()
-    depends = next(l for l in control.splitlines() if l.startswith("Depends:"))
+    depends = next(ln for ln in control.splitlines() if ln.startswith("Depends:"))
     for pkg in ("python3-pydbus", "python3-gi", "python3-yaml", "python3-sdnotify", "python3:any"):
         assert re.search(rf"(^|[ ,]){re.escape(pkg)}($|[ ,(])", depends.split(":", 1)[1]), depends
     assert "nvidia" not in depends  # not in Debian; see docs/packaging.md
+
+
+def test_recommends_bash_completion(built):
+    """Without bash-completion the shipped completion file is never loaded."""
+    control = (built.control / "control").read_text()
+    recommends = next((ln for ln in control.splitlines() if ln.startswith("Recommends:")), "Recommends:")
+    assert re.search(r"(^|[ ,])bash-completion($|[ ,(])", recommends.split(":", 1)[1]), control
+
+
+def test_installed_metadata_names_the_license(built):
+    metadata = built.dist_packages / f"migmanagerd-{__version__}.dist-info" / "METADATA"
+    assert "License: Apache-2.0" in metadata.read_text().splitlines()
+
+
+def test_license_is_not_the_deprecated_table():
+    """setuptools >= 77 deprecates `license = {text = ...}` (an error after 2027-02-18)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not isinstance(project.get("license"), dict), project.get("license")
+    assert "license" in project or "license" in project.get("dynamic", [])
+
+
+def test_debians_setuptools_reads_the_license_without_a_warning(tmp_path):
+    """setuptools 66 (bookworm) builds the .deb: the metadata must not use a form it rejects
+    (the SPDX string, setuptools >= 77) nor one it warns about."""
+    src, meta = tmp_path / "src", tmp_path / "meta"
+    src.mkdir()
+    meta.mkdir()
+    for name in ("pyproject.toml", "setup.cfg", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(ROOT / "migmanagerd", src / "migmanagerd", ignore=shutil.ignore_patterns("__pycache__"))
+    probe = (
+        "import sys, warnings\n"
+        "warnings.simplefilter('error')\n"
+        "# setuptools 66 says so of every [tool.setuptools] table; not about the license\n"
+        "warnings.filterwarnings('ignore', message='Support for .*tool.setuptools.* is still .beta')\n"
+        "import setuptools.build_meta as b\n"
+        "out = sys.argv[1]  # setup() rewrites sys.argv\n"
+        "d = b.prepare_metadata_for_build_wheel(out)\n"
+        "with open(f'{out}/{d}/METADATA') as f:\n"
+        "    print(f.read())\n"
+    )
+    proc = subprocess.run([SYSTEM_PYTHON, "-c", probe, str(meta)], cwd=src, capture_output=True,
+                          text=True, env={"PATH": SYSTEM_PATH, "HOME": str(tmp_path), "LANG": "C.UTF-8"})
+    if proc.returncode != 0 and "No module named 'setuptools'" in proc.stderr:
+        pytest.skip("python3-setuptools is not installed")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "License: Apache-2.0" in proc.stdout.splitlines()
 
 
 def _installed_commands(built: Built) -> list[str]:
@@ -274,7 +356,7 @@ def test_maintainer_scripts_contain_no_unit_start_stop_or_restart(built):
     for script in MAINTAINER_SCRIPTS:
         path = built.control / script
         if path.exists():
-            hits = [l.strip() for l in path.read_text().splitlines() if UNIT_ACTION.search(l)]
+            hits = [ln.strip() for ln in path.read_text().splitlines() if UNIT_ACTION.search(ln)]
             if hits:
                 found[script] = hits
     assert not found
@@ -346,5 +428,5 @@ def test_lintian_reports_no_errors(built):
         pytest.skip("lintian is not installed: cannot lint the package")
     proc = subprocess.run(["lintian", "--fail-on", "error", str(built.deb)],
                           capture_output=True, text=True, env={"PATH": SYSTEM_PATH, "HOME": str(built.work)})
-    errors = [l for l in proc.stdout.splitlines() if l.startswith("E:")]
+    errors = [ln for ln in proc.stdout.splitlines() if ln.startswith("E:")]
     assert not errors and proc.returncode == 0, proc.stdout + proc.stderr

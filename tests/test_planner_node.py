@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from vectors import require_vectors
 
 from migmanagerd.catalog.load import load_catalog
 from migmanagerd.errors import SpecError
@@ -143,11 +144,7 @@ def test_mig_enabled_on_unknown_model_is_an_error():
 
 
 def test_dgx_station_config_on_its_node():
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "mig-parted" / "dgx-station-80gb-config.yaml"
-    if not path.exists():
-        pytest.skip(f"mig-parted vectors not found at {path}")
+    path = require_vectors() / "dgx-station-80gb-config.yaml"
     from migmanagerd.spec.config import load_config
 
     cf = load_config(path)

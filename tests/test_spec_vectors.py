@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from vectors import VECTORS, require_vectors
 
 from migmanagerd.spec.config import load_config
 from migmanagerd.spec.hooks import load_hooks
 from migmanagerd.spec.profile import MigProfile
 from migmanagerd.spec.types import HOOK_NAMES, DeviceFilter
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "mig-parted"
 CONFIGS = ("config-default.yaml", "dgx-station-80gb-config.yaml", "examples-config.yaml")
 HOOKS = ("hooks-default.yaml", "hooks-minimal.yaml")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _vectors_present():
-    if not VECTORS.is_dir():
-        pytest.skip(f"the shared mig-parted vectors are missing: {VECTORS}")
+    require_vectors()
 
 
 def devices(entry) -> list[tuple[str, int]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 # Environment variables that change option defaults when the parser is built;
@@ -55,7 +56,7 @@ class Command:
     def name(self) -> str:
         return self.path[-1] if self.path else ""
 
-    def walk(self):
+    def walk(self) -> Iterator[Command]:
         """This command, then every subcommand, depth first."""
         yield self
         for sub in self.subcommands:

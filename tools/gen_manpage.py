@@ -86,10 +86,22 @@ SEE_ALSO = "systemctl(1), journalctl(1), systemd.service(5), nvidia\\-smi(1)"
 SOURCE_ENV = re.compile(r"[\"'](" + ENV_NAME.pattern.replace(r"\b", "") + r")[\"']")
 
 
+# Characters with no glyph on groff's latin1 or ascii devices (what `man` uses
+# in a C or Latin-1 locale): troff warns "can't find special character" and
+# drops them. Written as plain ASCII instead. tests/test_manpage.py renders the
+# page on every device with -ww.
+ASCII_FOR = {
+    "\u2026": "...",  # horizontal ellipsis
+    "\u00a0": "\\~",  # no-break space: roff's unbreakable space
+}
+
+
 def roff(text: str) -> str:
     """Escape running text for roff: backslashes, and control characters at line starts."""
     text = text.replace("\\", "\\e")
-    # groff reads bytes, not UTF-8, unless run through preconv; name non-ASCII characters.
+    text = "".join(ASCII_FOR.get(c, c) for c in text)
+    # groff reads bytes, not UTF-8, unless run through preconv; name the other
+    # non-ASCII characters (dashes, quotes, arrows: every device has those).
     text = "".join(c if ord(c) < 128 else f"\\[u{ord(c):04X}]" for c in text)
     return "\n".join("\\&" + line if line[:1] in (".", "'") else line for line in text.split("\n"))
 
@@ -109,7 +121,7 @@ def option_synopsis(opt: Option) -> str:
             core += " ..."
         return core if opt.required else f"[{core}]"
     core = flag(opt.flags[0])
-    if opt.takes_value:
+    if opt.metavar is not None:  # takes a value
         core += " " + arg(opt.metavar)
     return core if opt.required else f"[{core}]"
 
@@ -119,7 +131,7 @@ def option_item(opt: Option) -> list[str]:
         head = arg(opt.metavar or opt.dest)
     else:
         head = ", ".join(flag(f) for f in opt.flags)
-        if opt.takes_value:
+        if opt.metavar is not None:  # takes a value
             head += " " + arg(opt.metavar)
     body = roff(opt.help) if opt.help else "(undocumented)"
     if opt.choices and opt.takes_value and "{" not in (opt.metavar or ""):

@@ -198,38 +198,20 @@ def _build_model(
     if not name:
         raise CatalogError("catalog: a model has no name")
     geo_name = m.get("geometry")
-    if geo_name not in geometries:
+    if not isinstance(geo_name, str) or geo_name not in geometries:
         raise CatalogError(f"{where}: unknown geometry {geo_name!r}")
     geo = _map(geometries[geo_name], f"geometries.{geo_name}")
     shapes = _map(geo.get("shapes"), f"geometries.{geo_name}.shapes")
     gen = m.get("generation")
-    if gen not in generations:
+    if not isinstance(gen, str) or gen not in generations:
         raise CatalogError(f"{where}: unknown generation {gen!r}")
     gen_flags = _map(generations[gen], f"generations.{gen}")
     compute_total = int(geo["compute_slices"])
     memory_total = int(geo["memory_slices"])
-
-    rows = _seq(m.get("profiles"), f"{where}: profiles")
-    names = [str(r.get("name")) for r in rows]
-    profiles: list[GiProfile] = []
-    exclusive: list[tuple[str, ...]] = []
-    for row in rows:
-        row = _map(row, f"{where}: profile")
-        pname = str(row.get("name"))
-        shape_name = row.get("shape")
-        if shape_name not in shapes:
-            raise CatalogError(f"{where}: profile {pname}: unknown shape {shape_name!r} in {geo_name}")
-        spec = {**shapes[shape_name], **{k: v for k, v in row.items() if k not in ("name", "shape")}}
-        profiles.append(_build_gi(pname, spec, where, ci_rules, ci_ids, bool(m.get("confirmed", True))))
-        for other in names:
-            # a profile with `only_with` coexists only with those (nvml.h: *_ALL_ME GIs)
-            if "only_with" in row and other != pname and other not in row["only_with"]:
-                pair = tuple(sorted((pname, other)))
-                if pair not in exclusive:
-                    exclusive.append(pair)
-        for other in row.get("only_with", ()):
-            if other not in names:
-                raise CatalogError(f"{where}: profile {pname}: only_with names unknown profile {other}")
+    profiles, exclusive = _build_profiles(
+        _seq(m.get("profiles"), f"{where}: profiles"), shapes, where, geo_name,
+        ci_rules, ci_ids, bool(m.get("confirmed", True)),
+    )
 
     return GpuModel(
         name=name,
@@ -246,6 +228,39 @@ def _build_model(
         mig_mode_persistent=bool(gen_flags["mig_mode_persistent"]),
         mig_mode_needs_reset=bool(gen_flags["mig_mode_needs_reset"]),
     )
+
+
+def _build_profiles(
+    rows: list[Any],
+    shapes: Mapping[str, Any],
+    where: str,
+    geo_name: str,
+    ci_rules: Mapping[int, list[Any]],
+    ci_ids: Mapping[int, int],
+    model_confirmed: bool,
+) -> tuple[list[GiProfile], list[tuple[str, ...]]]:
+    """A model's GI profiles, and the pairs of them that cannot coexist."""
+    names = [str(r.get("name")) for r in rows]
+    profiles: list[GiProfile] = []
+    exclusive: list[tuple[str, ...]] = []
+    for raw in rows:
+        row = _map(raw, f"{where}: profile")
+        pname = str(row.get("name"))
+        shape_name = row.get("shape")
+        if not isinstance(shape_name, str) or shape_name not in shapes:
+            raise CatalogError(f"{where}: profile {pname}: unknown shape {shape_name!r} in {geo_name}")
+        spec = {**shapes[shape_name], **{k: v for k, v in row.items() if k not in ("name", "shape")}}
+        profiles.append(_build_gi(pname, spec, where, ci_rules, ci_ids, model_confirmed))
+        for other in names:
+            # a profile with `only_with` coexists only with those (nvml.h: *_ALL_ME GIs)
+            if "only_with" in row and other != pname and other not in row["only_with"]:
+                pair = tuple(sorted((pname, other)))
+                if pair not in exclusive:
+                    exclusive.append(pair)
+        for other in row.get("only_with", ()):
+            if other not in names:
+                raise CatalogError(f"{where}: profile {pname}: only_with names unknown profile {other}")
+    return profiles, exclusive
 
 
 def _build_gi(
@@ -314,6 +329,16 @@ def _check_catalog(models: tuple[GpuModel, ...]) -> None:
 def check_model(m: GpuModel) -> None:
     """Every internal consistency rule of one model; raises ``CatalogError``."""
     where = f"catalog: model {m.name}"
+    _check_model_ids(m, where)
+    for p in m.gi_profiles:
+        _check_gi_profile(m, p, f"{where}: profile {p.name}")
+    for group in m.exclusive_groups:
+        for n in group:
+            if m.gi_profile(n) is None:
+                raise CatalogError(f"{where}: exclusive group names unknown profile {n}")
+
+
+def _check_model_ids(m: GpuModel, where: str) -> None:
     if not m.gi_profiles:
         raise CatalogError(f"{where}: no profiles")
     if len(set(m.device_ids)) != len(m.device_ids):
@@ -328,38 +353,42 @@ def check_model(m: GpuModel) -> None:
     selectors = [p.selector for p in m.gi_profiles]
     if len(set(selectors)) != len(selectors):
         raise CatalogError(f"{where}: two GI profiles share an NVML selector")
-    for p in m.gi_profiles:
-        pw = f"{where}: profile {p.name}"
-        if not 1 <= p.compute_slices <= m.compute_slices:
-            raise CatalogError(f"{pw}: {p.compute_slices} compute slices, the GPU has {m.compute_slices}")
-        if not 1 <= p.memory_slices <= m.memory_slices:
-            raise CatalogError(f"{pw}: {p.memory_slices} memory slices, the GPU has {m.memory_slices}")
-        if not p.placements or list(p.placements) != sorted(set(p.placements)):
-            raise CatalogError(f"{pw}: starts must be a non-empty ascending list without repeats")
-        for s in p.placements:
-            if s < 0 or s + p.memory_slices > m.memory_slices:
-                raise CatalogError(f"{pw}: start {s} + {p.memory_slices} slices exceeds {m.memory_slices} memory slices")
-        if p.max_count < 1:
-            raise CatalogError(f"{pw}: max count must be at least 1")
-        if _max_disjoint(p) < p.max_count or p.max_count * p.compute_slices > m.compute_slices:
-            raise CatalogError(f"{pw}: max count {p.max_count} cannot be reached with its starts and slices")
-        if p.memory_mib <= 0 or p.memory_mib > m.memory_mib:
-            raise CatalogError(f"{pw}: memory {p.memory_mib} MiB outside 1..{m.memory_mib}")
-        if p.full_ci is None:
-            raise CatalogError(f"{pw}: no compute-instance profile spans the whole GI")
-        for ci in p.ci_profiles:
-            cw = f"{pw}: CI {ci.name}"
-            if not 1 <= ci.compute_slices <= p.compute_slices:
-                raise CatalogError(f"{cw}: larger than its GI")
-            for s in ci.placements:
-                if s < 0 or s + ci.compute_slices > p.compute_slices:
-                    raise CatalogError(f"{cw}: start {s} runs past the GI's {p.compute_slices} compute slices")
-            if ci.max_count < 1 or ci.max_count * ci.compute_slices > p.compute_slices:
-                raise CatalogError(f"{cw}: max count {ci.max_count} does not fit the GI")
-    for group in m.exclusive_groups:
-        for n in group:
-            if m.gi_profile(n) is None:
-                raise CatalogError(f"{where}: exclusive group names unknown profile {n}")
+
+
+def _check_gi_profile(m: GpuModel, p: GiProfile, pw: str) -> None:
+    if not 1 <= p.compute_slices <= m.compute_slices:
+        raise CatalogError(f"{pw}: {p.compute_slices} compute slices, the GPU has {m.compute_slices}")
+    if not 1 <= p.memory_slices <= m.memory_slices:
+        raise CatalogError(f"{pw}: {p.memory_slices} memory slices, the GPU has {m.memory_slices}")
+    _check_starts(m, p, pw)
+    if p.max_count < 1:
+        raise CatalogError(f"{pw}: max count must be at least 1")
+    if _max_disjoint(p) < p.max_count or p.max_count * p.compute_slices > m.compute_slices:
+        raise CatalogError(f"{pw}: max count {p.max_count} cannot be reached with its starts and slices")
+    if p.memory_mib <= 0 or p.memory_mib > m.memory_mib:
+        raise CatalogError(f"{pw}: memory {p.memory_mib} MiB outside 1..{m.memory_mib}")
+    if p.full_ci is None:
+        raise CatalogError(f"{pw}: no compute-instance profile spans the whole GI")
+    for ci in p.ci_profiles:
+        _check_ci_profile(p, ci, f"{pw}: CI {ci.name}")
+
+
+def _check_starts(m: GpuModel, p: GiProfile, pw: str) -> None:
+    if not p.placements or list(p.placements) != sorted(set(p.placements)):
+        raise CatalogError(f"{pw}: starts must be a non-empty ascending list without repeats")
+    for s in p.placements:
+        if s < 0 or s + p.memory_slices > m.memory_slices:
+            raise CatalogError(f"{pw}: start {s} + {p.memory_slices} slices exceeds {m.memory_slices} memory slices")
+
+
+def _check_ci_profile(p: GiProfile, ci: CiProfile, cw: str) -> None:
+    if not 1 <= ci.compute_slices <= p.compute_slices:
+        raise CatalogError(f"{cw}: larger than its GI")
+    for s in ci.placements:
+        if s < 0 or s + ci.compute_slices > p.compute_slices:
+            raise CatalogError(f"{cw}: start {s} runs past the GI's {p.compute_slices} compute slices")
+    if ci.max_count < 1 or ci.max_count * ci.compute_slices > p.compute_slices:
+        raise CatalogError(f"{cw}: max count {ci.max_count} does not fit the GI")
 
 
 def _max_disjoint(p: GiProfile) -> int:

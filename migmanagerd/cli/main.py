@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
             module = importlib.import_module(f"migmanagerd.cli.cmd_{name}")
         except ModuleNotFoundError as exc:
             if exc.name == f"migmanagerd.cli.cmd_{name}":
-                continue  # command not built yet
+                continue  # a command module this installation lacks
             raise
         module.register(sub)
     return parser

@@ -3,7 +3,7 @@
 ``pynvml`` is imported when the backend is opened, so importing this module
 (e.g. for ``--help`` or the simulator) needs neither NVML nor a driver.
 
-NVML facts used here (nvml.h; see the shared mig-geometry-facts §2, §8):
+NVML facts used here (nvml.h; docs/mig-geometry.md, section 3):
 
 * ``nvmlDeviceGetGpuInstanceProfileInfo`` takes a *selector*
   (``NVML_GPU_INSTANCE_PROFILE_*``) and returns the device *profile id*

@@ -1,7 +1,7 @@
 """A simulated node that obeys the rules NVIDIA hardware does.
 
 Rules (docs/simulator.md lists them with their error codes; the facts behind
-them are in the shared mig-geometry-facts, sections 1, 4, 8 and 9):
+them, with their sources, are in docs/mig-geometry.md):
 
 * MIG mode: on models that need a reset (Ampere) a change stays *pending*
   until a GPU reset or a reboot; elsewhere it takes effect at once. A process

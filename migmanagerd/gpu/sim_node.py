@@ -39,7 +39,7 @@ class NodeItem:
 
 
 def default_catalog() -> ModelCatalog:
-    from migmanagerd.catalog.load import load_catalog  # B's module; imported late
+    from migmanagerd.catalog.load import load_catalog  # imported late
 
     return load_catalog()
 

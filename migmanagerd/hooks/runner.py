@@ -153,7 +153,7 @@ def _log_lines(stream: IO[bytes], tag: str) -> None:
         log.info("hook %s: %s", tag, line)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     pgid = proc.pid  # start_new_session made the hook its group's leader
     _signal_group(pgid, signal.SIGTERM)
     try:

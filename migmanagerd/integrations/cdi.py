@@ -5,8 +5,8 @@ by UUID, so any created or destroyed instance makes it stale. The preferred way
 is to restart ``nvidia-cdi-refresh.service`` where the toolkit ships it. That
 unit is ordered after nvidia-gpu-reset.target on real nodes, and this service
 runs before that target, so waiting for the restart from inside it would wait
-forever: the restart is only enqueued (the lead's ``enqueue_restart`` returns
-at once) and systemd runs it once this unit is done. Without the unit, an
+forever: the restart is only enqueued (the systemd client's ``enqueue_restart``
+returns at once) and systemd runs it once this unit is done. Without the unit, an
 operator-configured command runs here, with a timeout.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from migmanagerd.integrations.settings import CdiSettings
 from migmanagerd.log import get_logger
@@ -54,9 +55,9 @@ def perform_cdi_action(
     settings: CdiSettings,
     *,
     enqueue_restart: Callable[[str], None],
-    run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
-) -> dict:
-    report: dict = {"action": action.kind, "reason": action.reason}
+    run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
+) -> dict[str, Any]:
+    report: dict[str, Any] = {"action": action.kind, "reason": action.reason}
     if action.kind == RESTART_UNIT:
         assert action.unit is not None
         enqueue_restart(action.unit)

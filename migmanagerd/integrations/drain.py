@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from migmanagerd.integrations.layout import RunSummary
 from migmanagerd.integrations.scontrol import NodeStatus, Scontrol, ScontrolError
@@ -44,7 +45,7 @@ class SlurmDrain:
         self._progress = progress or (lambda _msg: None)
         self._sleep = sleep
         self._monotonic = monotonic
-        self.report: dict = {}
+        self.report: dict[str, Any] = {}
         self._by_other = False
 
     @property
@@ -128,7 +129,7 @@ class SlurmDrain:
 
     # --- after ----------------------------------------------------------------
 
-    def after_change(self, summary: RunSummary, failure: str | None = None) -> dict:
+    def after_change(self, summary: RunSummary, failure: str | None = None) -> dict[str, Any]:
         """Resume the node after a good run; otherwise keep it drained, saying why.
 
         ``failure`` names a problem found after the apply (gres file not

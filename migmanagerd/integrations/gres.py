@@ -75,7 +75,9 @@ def _mig_devices(gpu: GpuLayout, root: str | Path, mig_files: str) -> list[GresD
         ci_minor = nvcaps.read_device_minor(nvcaps.ci_access_path(root, gpu.device_minor, dev.gi_id, dev.ci_id))
         if mig_files == "parent-and-caps":
             gi_minor = nvcaps.read_device_minor(nvcaps.gi_access_path(root, gpu.device_minor, dev.gi_id))
-            files = (f"/dev/nvidia{gpu.device_minor}", nvcaps.cap_device(gi_minor), nvcaps.cap_device(ci_minor))
+            files: tuple[str, ...] = (
+                f"/dev/nvidia{gpu.device_minor}", nvcaps.cap_device(gi_minor), nvcaps.cap_device(ci_minor),
+            )
         else:
             files = (nvcaps.cap_device(ci_minor),)
         out.append(GresDevice(slurm_type(dev.profile), files, gpu.index, dev.uuid))

@@ -1,7 +1,7 @@
 """What the integrations are told after a run: the node's MIG layout and how the run went.
 
 These types are the whole interface between the apply engine and the
-integrations, so nothing here imports the engine or a GPU backend: the lead's
+integrations, so nothing here imports the engine or a GPU backend: the
 service builds a ``NodeLayout`` from the backend and a ``RunSummary`` from the
 apply result and hands both over.
 """

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from migmanagerd.atomic_file import write_text_atomic
 from migmanagerd.integrations.layout import NodeLayout, RunSummary
@@ -84,7 +85,7 @@ def node_metrics(layout: NodeLayout, summary: RunSummary, *, now: float) -> list
         f"{PREFIX}_gpu_mig_enabled", "1 when MIG mode is enabled on the GPU.",
         tuple(Sample({"gpu": str(g.index), "model": g.model, "uuid": g.uuid}, int(g.mig_enabled)) for g in gpus),
     ))
-    per_profile = []
+    per_profile: list[Sample] = []
     for g in gpus:
         counts = Counter(d.profile for d in g.devices)
         per_profile.extend(Sample({"gpu": str(g.index), "profile": p}, n) for p, n in sorted(counts.items()))
@@ -104,7 +105,7 @@ def node_metrics(layout: NodeLayout, summary: RunSummary, *, now: float) -> list
     return out
 
 
-def write_metrics(path: str, layout: NodeLayout, summary: RunSummary, *, now: float | None = None) -> dict:
+def write_metrics(path: str, layout: NodeLayout, summary: RunSummary, *, now: float | None = None) -> dict[str, Any]:
     text = render(node_metrics(layout, summary, now=time.time() if now is None else now))
     write_text_atomic(path, text)
     return {"path": path, "status": "ok"}

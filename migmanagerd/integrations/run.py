@@ -11,7 +11,9 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Any
 
+from migmanagerd.errors import MigManagerError
 from migmanagerd.integrations.cdi import cdi_action, perform_cdi_action
 from migmanagerd.integrations.drain import SlurmDrain
 from migmanagerd.integrations.layout import NodeLayout, RunSummary
@@ -61,11 +63,11 @@ def run_integrations(
     unit_exists: Callable[[str], bool],
     unit_active: Callable[[str], bool] | None = None,
     scontrol: Scontrol | None = None,
-    run_command: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+    run_command: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
     now: Callable[[], float] = time.time,
-) -> dict:
+) -> dict[str, Any]:
     """Run every enabled integration; returns {"slurm": {...}, "cdi": {...}, "metrics": {...}}."""
-    report: dict = {}
+    report: dict[str, Any] = {}
 
     if settings.slurm.enabled:
         report["slurm"] = _guard("slurm", lambda: apply_slurm(
@@ -77,8 +79,9 @@ def run_integrations(
         report["slurm"] = {"enabled": False}
 
     if settings.cdi.enabled:
-        def cdi() -> dict:
-            exists = bool(settings.cdi.unit) and unit_exists(settings.cdi.unit)
+        def cdi() -> dict[str, Any]:
+            unit = settings.cdi.unit
+            exists = unit_exists(unit) if unit else False
             action = cdi_action(settings.cdi, summary.changed, exists)
             return {"enabled": True, **perform_cdi_action(action, settings.cdi,
                                                            enqueue_restart=enqueue_restart, run=run_command)}
@@ -95,11 +98,17 @@ def run_integrations(
     return report
 
 
-def _guard(name: str, fn: Callable[[], dict]) -> dict:
+def _guard(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Run one integration; any exception becomes a failed entry, never the caller's problem."""
     try:
         return fn()
-    except Exception as exc:  # noqa: BLE001 - an integration must never fail the run
+    except (MigManagerError, OSError, subprocess.SubprocessError) as exc:
         message = str(exc) or type(exc).__name__
         log.warning("%s integration failed: %s", name, message)
-        return {"enabled": True, "status": "failed", "error": message}
+    # Blind on purpose: the integrations run after the MIG layout is applied, and
+    # a bug in one must neither fail that run nor stop the others; the
+    # traceback is logged because nothing else would show where the bug is.
+    except Exception as exc:
+        message = str(exc) or type(exc).__name__
+        log.error("%s integration failed unexpectedly: %s", name, message, exc_info=True)
+    return {"enabled": True, "status": "failed", "error": message}

@@ -64,7 +64,7 @@ def parse_show_node(name: str, text: str) -> NodeStatus:
     return NodeStatus(name, base.rstrip("*~#$@^%!"), frozenset(flags), int(alloc_m.group(1)) if alloc_m else 0, reason)
 
 
-Runner = Callable[..., subprocess.CompletedProcess]
+Runner = Callable[..., subprocess.CompletedProcess[str]]
 
 
 class Scontrol:

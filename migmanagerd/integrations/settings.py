@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from migmanagerd.default_paths import DEFAULT_INTEGRATIONS_FILE, DEFAULT_METRICS_FILE
 from migmanagerd.errors import SourceLocation, SpecError
@@ -154,44 +156,44 @@ def _nonempty(node: YNode, context: str, field_name: str) -> str:
     return value
 
 
+def _node_name(node: YNode, ctx: str, field_name: str) -> str:
+    value = require_str(node, context=ctx, field=field_name)
+    if not _NODE_NAME.match(value):
+        raise SpecError(f"'{value}' is not a Slurm node name (letters, digits, '.', '_', '-')",
+                        node.loc, context=ctx, field=field_name)
+    return value
+
+
+def _mig_files(node: YNode, ctx: str, field_name: str) -> str:
+    value = require_str(node, context=ctx, field=field_name)
+    if value not in MIG_FILE_MODES:
+        raise SpecError(f"must be one of {', '.join(MIG_FILE_MODES)}, got '{value}'",
+                        node.loc, context=ctx, field=field_name)
+    return value
+
+
+# slurm's keys, in the order error messages list them, each with its parser
+# (node, context, "slurm.<key>") -> value
+_SLURM_FIELDS: dict[str, Callable[[YNode, str, str], Any]] = {
+    "enabled": lambda n, ctx, f: require_bool(n, context=ctx, field=f),
+    "gres_file": _abs_path,
+    "nodename_file": _abs_path,
+    "node_name": _node_name,
+    "mig_files": _mig_files,
+    "drain": lambda n, ctx, f: _drain(n),
+    "restart_slurmd": lambda n, ctx, f: require_bool(n, context=ctx, field=f),
+    "slurmd_unit": _unit,
+    "scontrol": _nonempty,
+    "command_timeout_s": lambda n, ctx, f: require_int(n, minimum=1, context=ctx, field=f),
+    "root": _abs_path,
+}
+
+
 def _slurm(node: YNode) -> SlurmSettings:
     ctx = "integrations"
-    keys = ("enabled", "gres_file", "nodename_file", "node_name", "mig_files", "drain",
-            "restart_slurmd", "slurmd_unit", "scontrol", "command_timeout_s", "root")
-    items = check_keys(node, keys, context=ctx, field="slurm")
-    d = SlurmSettings()
-    kw: dict = {}
-    if "enabled" in items:
-        kw["enabled"] = require_bool(items["enabled"], context=ctx, field="slurm.enabled")
-    for key in ("gres_file", "nodename_file", "root"):
-        if key in items:
-            kw[key] = _abs_path(items[key], ctx, f"slurm.{key}")
-    if "node_name" in items:
-        n = items["node_name"]
-        value = require_str(n, context=ctx, field="slurm.node_name")
-        if not _NODE_NAME.match(value):
-            raise SpecError(f"'{value}' is not a Slurm node name (letters, digits, '.', '_', '-')",
-                            n.loc, context=ctx, field="slurm.node_name")
-        kw["node_name"] = value
-    if "mig_files" in items:
-        n = items["mig_files"]
-        value = require_str(n, context=ctx, field="slurm.mig_files")
-        if value not in MIG_FILE_MODES:
-            raise SpecError(f"must be one of {', '.join(MIG_FILE_MODES)}, got '{value}'",
-                            n.loc, context=ctx, field="slurm.mig_files")
-        kw["mig_files"] = value
-    if "drain" in items:
-        kw["drain"] = _drain(items["drain"])
-    if "restart_slurmd" in items:
-        kw["restart_slurmd"] = require_bool(items["restart_slurmd"], context=ctx, field="slurm.restart_slurmd")
-    if "slurmd_unit" in items:
-        kw["slurmd_unit"] = _unit(items["slurmd_unit"], ctx, "slurm.slurmd_unit")
-    if "scontrol" in items:
-        kw["scontrol"] = _nonempty(items["scontrol"], ctx, "slurm.scontrol")
-    if "command_timeout_s" in items:
-        kw["command_timeout_s"] = require_int(items["command_timeout_s"], minimum=1, context=ctx,
-                                              field="slurm.command_timeout_s")
-    result = replace(d, **kw)
+    items = check_keys(node, tuple(_SLURM_FIELDS), context=ctx, field="slurm")
+    kw = {key: _SLURM_FIELDS[key](items[key], ctx, f"slurm.{key}") for key in _SLURM_FIELDS if key in items}
+    result = replace(SlurmSettings(), **kw)
     if result.gres_file == result.nodename_file:
         where = items.get("nodename_file") or items.get("gres_file") or node
         raise SpecError("gres_file and nodename_file must be different files", where.loc,
@@ -202,7 +204,7 @@ def _slurm(node: YNode) -> SlurmSettings:
 def _drain(node: YNode) -> DrainSettings:
     ctx = "integrations"
     items = check_keys(node, ("enabled", "reason", "timeout_s", "poll_s"), context=ctx, field="slurm.drain")
-    kw: dict = {}
+    kw: dict[str, Any] = {}
     if "enabled" in items:
         kw["enabled"] = require_bool(items["enabled"], context=ctx, field="slurm.drain.enabled")
     if "reason" in items:
@@ -217,7 +219,7 @@ def _drain(node: YNode) -> DrainSettings:
 def _cdi(node: YNode) -> CdiSettings:
     ctx = "integrations"
     items = check_keys(node, ("enabled", "unit", "command", "timeout_s"), context=ctx, field="cdi")
-    kw: dict = {}
+    kw: dict[str, Any] = {}
     if "enabled" in items:
         kw["enabled"] = require_bool(items["enabled"], context=ctx, field="cdi.enabled")
     if "unit" in items:
@@ -238,7 +240,7 @@ def _cdi(node: YNode) -> CdiSettings:
 def _metrics(node: YNode) -> MetricsSettings:
     ctx = "integrations"
     items = check_keys(node, ("enabled", "path"), context=ctx, field="metrics")
-    kw: dict = {}
+    kw: dict[str, Any] = {}
     if "enabled" in items:
         kw["enabled"] = require_bool(items["enabled"], context=ctx, field="metrics.enabled")
     if "path" in items:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from migmanagerd.atomic_file import write_text_atomic
 from migmanagerd.errors import MigManagerError
@@ -30,7 +31,7 @@ def _read(path: str) -> str | None:
         return None
 
 
-def write_gres_files(settings: SlurmSettings, layout: NodeLayout, config: str | None) -> dict:
+def write_gres_files(settings: SlurmSettings, layout: NodeLayout, config: str | None) -> dict[str, Any]:
     """Write gres.conf lines and the NodeName Gres= fragment; report whether either changed."""
     devices = gres_devices(layout, root=settings.root, mig_files=settings.mig_files)
     gres_text = render_gres_conf(devices, config=config)
@@ -59,8 +60,8 @@ def apply_slurm(
     drain: SlurmDrain,
     restart_unit: Callable[[str], None],
     unit_active: Callable[[str], bool] | None = None,
-) -> dict:
-    report: dict = {"enabled": True, "node_name": settings.node_name}
+) -> dict[str, Any]:
+    report: dict[str, Any] = {"enabled": True, "node_name": settings.node_name}
     failure: str | None = None
     if not (summary.ok and summary.matched):
         report["files"] = f"not written: run result {summary.result}"
@@ -77,7 +78,10 @@ def apply_slurm(
                 try:
                     restart_unit(unit)
                     report["slurmd"] = "restarted"
-                except Exception as exc:  # the lead's systemd client raises its own types
+                # the systemd client raises SystemdError (a MigManagerError); anything
+                # else is a bug and fails the whole integration (run._guarded), which
+                # leaves the node drained as well
+                except (MigManagerError, OSError) as exc:
                     failure = f"restart of {unit} failed: {exc}"
     if failure:
         log.warning("slurm: %s", failure)

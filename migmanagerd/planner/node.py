@@ -8,7 +8,7 @@ reported against the entry before anything on the node is touched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,6 +77,18 @@ def _indices_text(gpus: Sequence[GpuSlot]) -> str:
     return "this node has GPU" + ("s " if len(idx) > 1 else " ") + ", ".join(map(str, idx))
 
 
+def _check_indices_exist(entry: ConfigEntry, by_index: Mapping[int, GpuSlot], gpus: Sequence[GpuSlot]) -> None:
+    """An entry's explicit ``devices`` list names GPUs the node has."""
+    if entry.devices == "all":
+        return
+    for i in entry.devices:
+        if i not in by_index:
+            raise SpecError(
+                f"GPU index {i} does not exist ({_indices_text(gpus)})",
+                entry.loc, context=_context(entry), field="devices",
+            )
+
+
 def resolve_config(config: MigConfig, gpus: Sequence[GpuSlot]) -> dict[int, GpuTarget]:
     """The target of every GPU some entry of ``config`` selects, keyed by GPU index."""
     by_index = {g.index: g for g in gpus}
@@ -85,13 +97,7 @@ def resolve_config(config: MigConfig, gpus: Sequence[GpuSlot]) -> dict[int, GpuT
     for entry in config.entries:
         ctx = _context(entry)
         explicit = entry.devices != "all"
-        if explicit:
-            for i in entry.devices:
-                if i not in by_index:
-                    raise SpecError(
-                        f"GPU index {i} does not exist ({_indices_text(gpus)})",
-                        entry.loc, context=ctx, field="devices",
-                    )
+        _check_indices_exist(entry, by_index, gpus)
         for gpu in sorted(gpus, key=lambda g: g.index):
             if not entry.selects(gpu.index, gpu.pci_device_id, gpu.pci_subsystem_id):
                 continue

@@ -184,12 +184,14 @@ def check_layout(model: GpuModel, devices: Sequence[MigDevice]) -> str | None:
 def check_gi_layout(model: GpuModel, instances: Sequence[tuple[str, Placement]]) -> str | None:
     """Like ``check_layout`` for bare GPU instances ``(GI profile name, placement)``."""
     counts: Counter[str] = Counter()
+    profiles: dict[str, GiProfile] = {}
     compute = 0
     used: list[tuple[str, Placement]] = []
     for name, place in instances:
         gi = model.gi_profile(name)
         if gi is None:
             return f"profile {name} does not exist on {model.name}"
+        profiles[name] = gi
         if place.size != gi.memory_slices or place.start not in gi.placements:
             return (
                 f"{name} at {_fmt_place(place)} is not a legal placement on {model.name} "
@@ -205,9 +207,8 @@ def check_gi_layout(model: GpuModel, instances: Sequence[tuple[str, Placement]])
         counts[name] += 1
         compute += gi.compute_slices
     for name, n in counts.items():
-        gi = model.gi_profile(name)
-        if n > gi.max_count:
-            return f"{name} x{n} present, {model.name} allows at most {gi.max_count}"
+        if n > profiles[name].max_count:
+            return f"{name} x{n} present, {model.name} allows at most {profiles[name].max_count}"
     if compute > model.compute_slices:
         return f"needs {compute} of {model.compute_slices} compute slices on {model.name}"
     return _exclusive_reason(model, counts)
@@ -336,7 +337,7 @@ def _search(
         if i == len(kinds):
             return 0, ()
         found: tuple[int, tuple[tuple[int, ...], ...]] | None = None
-        for (starts, m), gain in zip(options[i], gains[i]):
+        for (starts, m), gain in zip(options[i], gains[i], strict=True):
             if m & mask:
                 continue
             rest = best(i + 1, mask | m)
@@ -392,7 +393,7 @@ def _keepable(model: GpuModel, dev: MigDevice) -> bool:
     return dev.placement.size == gi.memory_slices and dev.placement.start in gi.placements
 
 
-def _device_sort_key(d: MigDevice) -> tuple:
+def _device_sort_key(d: MigDevice) -> tuple[Placement, str, str, int]:
     return (d.placement, d.profile, d.uuid or "", d.gi_id if d.gi_id is not None else -1)
 
 

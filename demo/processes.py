@@ -89,7 +89,7 @@ def ping_systemd(address: str) -> str:
             None,
         )
     except GLib.Error as exc:
-        return exc.message
+        return str(exc.message)
     try:
         con.call_sync(
             "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.DBus.Peer", "Ping",
@@ -97,7 +97,7 @@ def ping_systemd(address: str) -> str:
         )
         return ""
     except GLib.Error as exc:
-        return exc.message
+        return str(exc.message)
     finally:
         con.close_sync(None)
 
@@ -117,19 +117,7 @@ def remove_cgroups(name: str, prefix: str) -> None:
         return
     trees = cgroup_dirs(name)
     for _ in range(3):
-        pids: set[int] = set()
-        for tree in trees:
-            for procs in tree.rglob("cgroup.procs"):
-                try:
-                    pids.update(int(p) for p in procs.read_text().split())
-                except (OSError, ValueError):
-                    pass
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if not pids:
+        if not _kill_members(trees):
             break
         time.sleep(0.2)
     for tree in trees:
@@ -138,3 +126,20 @@ def remove_cgroups(name: str, prefix: str) -> None:
                 d.rmdir()
             except OSError:
                 pass
+
+
+def _kill_members(trees: list[Path]) -> set[int]:
+    """SIGKILL every process listed in the cgroups under ``trees``; returns their PIDs."""
+    pids: set[int] = set()
+    for tree in trees:
+        for procs in tree.rglob("cgroup.procs"):
+            try:
+                pids.update(int(p) for p in procs.read_text().split())
+            except (OSError, ValueError):
+                pass
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids

@@ -1,36 +1,39 @@
-"""A private systemd user manager for the demo.
+"""A private systemd user manager: the one the demo runs and the tests use.
 
-The demo machine need not boot with systemd, but ``systemd --user`` runs
-anywhere it sees ``/run/systemd/system`` (it refuses to start otherwise). So,
-as /work/shared/docs/real-systemd-testing.md describes, the manager runs in
-its own mount namespace (``unshare --mount``) over a tmpfs ``/run``; the host's
-``/run`` is never touched. Its ``XDG_RUNTIME_DIR`` (and with it the bus socket)
-is in the demo's temp directory, so ``systemctl --user`` and migmanagerd,
-outside the namespace, reach it there.
+The machine need not boot with systemd, but ``systemd --user`` runs anywhere
+it sees ``/run/systemd/system`` (it refuses to start otherwise). So the
+manager runs in its own mount namespace (``unshare --mount``) over a tmpfs
+``/run``; the host's ``/run`` is never touched. Its ``XDG_RUNTIME_DIR`` (and
+with it the bus socket) is in a temp directory, so ``systemctl --user`` and
+migmanagerd, outside the namespace, reach it there. The demo (``python -m
+demo``) and the tests' fixture (tests/systemd_harness.py) both use
+:class:`UserManager`; they differ only in the options they pass.
 
 The bus: a dbus-daemon listening on ``$XDG_RUNTIME_DIR/bus``. The user manager
 takes that path over for its own ``dbus.socket`` and only joins a bus once its
-``dbus.service`` runs (tests/systemd_harness.py found this), so instead of a
-separately forked daemon the manager socket-activates dbus-daemon itself from
-two tiny units written here. Either way it is a dbus-daemon on a socket in the
-temp dir, gone when the manager goes.
+``dbus.service`` runs, so instead of a separately forked daemon the manager
+socket-activates dbus-daemon itself from two tiny units written here (they
+override any stock copy, so nothing depends on the dbus-user-session
+package). Either way it is a dbus-daemon on a socket in the temp dir, gone
+when the manager goes.
 
 ``SYSTEMD_UNIT_PATH`` (read by the manager at start; the trailing ``:`` keeps
-the default directories) adds the demo node's ``etc/systemd/system`` and
-``usr/lib/systemd/system`` in front, so the unit, its selector drop-in
-(``override.conf``, rewritten by ``migmanagerd select``) and the GPU clients
-live in the node root exactly where a real node has them.
+the default directories) can put more unit directories in front: the demo
+adds its node root's ``etc/systemd/system`` and ``usr/lib/systemd/system``,
+so the unit, its selector drop-in (``override.conf``, rewritten by
+``migmanagerd select``) and the GPU clients live where a real node has them.
 
 Every wait is bounded. Teardown is by PID only, never by name: the manager
 (the PID we started; ``exec`` keeps it), then anything it left behind among
 the PIDs recorded while it ran (the bus daemon, the clients' ``/bin/sleep``),
 each checked against its start time so a reused PID is never signalled, then
-the PIDs still listed in the demo's own cgroups (see processes.BOOT_SCRIPT),
+the PIDs still listed in the manager's own cgroups (see processes.BOOT_SCRIPT),
 which are removed.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -38,7 +41,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from migmanagerd.demo.processes import (
+from demo.processes import (
     BOOT_SCRIPT,
     alive,
     cgroup_dirs,
@@ -49,13 +52,13 @@ from migmanagerd.demo.processes import (
 )
 
 SYSTEMD_BINARY = Path("/lib/systemd/systemd")
-CGROUP_PREFIX = "migmanagerd-demo-"  # the only cgroups teardown ever removes
+CGROUP_PREFIX = "migmanagerd-demo-"  # the demo's; teardown removes only cgroups named with its prefix
 START_TIMEOUT_S = 30.0
 COMMAND_TIMEOUT_S = 30.0
 
 _DBUS_SOCKET = """\
 [Unit]
-Description=D-Bus bus of the migmanagerd demo
+Description=D-Bus bus of a private user manager
 [Socket]
 ListenStream=%t/bus
 """
@@ -64,9 +67,9 @@ ListenStream=%t/bus
 def _dbus_service(log: Path) -> str:
     daemon = shutil.which("dbus-daemon") or "/usr/bin/dbus-daemon"
     # its complaints (a client disconnected for exceeding a limit, ...) go to
-    # a file in the demo's directory: there is no syslog/journald here
+    # a file in the manager's directory: there is no syslog/journald here
     return (
-        "[Unit]\nDescription=D-Bus bus of the migmanagerd demo\nRequires=dbus.socket\n"
+        "[Unit]\nDescription=D-Bus bus of a private user manager\nRequires=dbus.socket\n"
         "[Service]\n"
         f"ExecStart={daemon} --session --address=systemd: --nofork --nopidfile --systemd-activation --nosyslog\n"
         f"StandardOutput=append:{log}\nStandardError=append:{log}\n"
@@ -102,25 +105,56 @@ class ManagerError(RuntimeError):
 
 
 class UserManager:
-    """One running ``systemd --user`` on a private bus, rooted at ``root``."""
+    """One running ``systemd --user`` on a private bus, rooted at ``root``.
 
-    def __init__(self, root: Path, unit_path: list[Path]) -> None:
+    ``root``'s name is the manager's cgroup and must start with
+    ``cgroup_prefix``. ``unit_path``: unit directories searched before the
+    default ones. ``system_bus``: also export the bus as
+    ``DBUS_SYSTEM_BUS_ADDRESS``, so ``pydbus.SystemBus()`` (migmanagerd's
+    systemd client) reaches this manager. ``base_env``: the environment the
+    manager starts with (and hands on to every unit), before ``env``;
+    default: the caller's, less its migmanagerd settings (:func:`clean_environ`).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        unit_path: list[Path] | None = None,
+        *,
+        cgroup_prefix: str = CGROUP_PREFIX,
+        system_bus: bool = False,
+        base_env: dict[str, str] | None = None,
+        log_level: str = "info",
+    ) -> None:
+        if not root.name.startswith(cgroup_prefix):
+            raise ManagerError(f"{root}: the directory name must start with {cgroup_prefix!r} (it names the cgroup)")
         self.root = root
         self.run_dir = root / "run"
         self.cfg_dir = root / "cfg"
         self.user_unit_dir = self.cfg_dir / "systemd" / "user"
-        self.unit_path = unit_path
+        self.unit_path = unit_path or []
+        self.cgroup_prefix = cgroup_prefix
+        self.log_level = log_level
+        self.base_env = clean_environ() if base_env is None else base_env
         self.bus = f"unix:path={self.run_dir}/bus"
         self.env = {
             "DBUS_SESSION_BUS_ADDRESS": self.bus,
             "XDG_RUNTIME_DIR": str(self.run_dir),
             "XDG_CONFIG_HOME": str(self.cfg_dir),
-            # the manager's search path; systemctl reads it too (to tell
-            # whether a unit is enabled), so both see the node root's units
-            "SYSTEMD_UNIT_PATH": ":".join(str(p) for p in unit_path) + ":",
         }
-        self._proc: subprocess.Popen | None = None
+        if system_bus:
+            self.env["DBUS_SYSTEM_BUS_ADDRESS"] = self.bus
+        if self.unit_path:
+            # the manager's search path; systemctl reads it too (to tell
+            # whether a unit is enabled), so both see the same units
+            self.env["SYSTEMD_UNIT_PATH"] = ":".join(str(p) for p in self.unit_path) + ":"
+        self._proc: subprocess.Popen[bytes] | None = None
         self._seen: dict[int, str] = {}  # pid -> start time, for teardown
+
+    @property
+    def pid(self) -> int:
+        """The manager's PID (0 before start)."""
+        return self._proc.pid if self._proc is not None else 0
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -131,22 +165,22 @@ class UserManager:
         (self.user_unit_dir / "dbus.socket").write_text(_DBUS_SOCKET)
         (self.user_unit_dir / "dbus.service").write_text(_dbus_service(self.root / "dbus.log"))
         (wants / "dbus.socket").symlink_to(self.user_unit_dir / "dbus.socket")
-        env = {**clean_environ(), **self.env}
-        # the manager must not report to a systemd the demo itself may run under
+        env = {**self.base_env, **self.env}
+        # the manager must not report to a systemd its caller may run under
         env.pop("NOTIFY_SOCKET", None)
         self._proc = subprocess.Popen(
             [
                 "unshare", "--mount", "--propagation", "private",
-                "bash", "-c", BOOT_SCRIPT, "bash", str(self.root), str(SYSTEMD_BINARY), self.root.name, "info",
+                "bash", "-c", BOOT_SCRIPT, "bash", str(self.root), str(SYSTEMD_BINARY), self.root.name, self.log_level,
             ],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            # its own session: a Ctrl-C in the terminal reaches only the demo,
+            # its own session: a Ctrl-C in the terminal reaches only the caller,
             # which then tears the manager down in order
             start_new_session=True,
-            # and should the demo be SIGKILLed, the manager still gets SIGTERM
+            # and should the caller be SIGKILLed, the manager still gets SIGTERM
             # (kept across exec) and stops its units
             preexec_fn=_die_with_parent,
         )
@@ -185,21 +219,22 @@ class UserManager:
         """Stop the manager (it stops its units, the bus among them), then
         anything recorded that is still the same process; never by name.
         Returns what is still left (empty when everything is gone)."""
-        if self._proc is not None and self._proc.poll() is None:
-            terminate(self._proc.pid, lambda: self._proc.poll() is not None)
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            terminate(proc.pid, lambda: proc.poll() is not None)
         for pid, started in list(self._seen.items()):
-            if self._proc is not None and pid == self._proc.pid:
+            if proc is not None and pid == proc.pid:
                 continue
             if start_time(pid) == started:
-                terminate(pid, lambda pid=pid, started=started: start_time(pid) != started or not alive(pid))
-        remove_cgroups(self.root.name, CGROUP_PREFIX)
+                terminate(pid, functools.partial(_gone, pid, started))
+        remove_cgroups(self.root.name, self.cgroup_prefix)
         left = [f"pid {pid}" for pid, started in self._seen.items() if start_time(pid) == started and alive(pid)]
         left += [str(d) for d in cgroup_dirs(self.root.name)]
         return left
 
     # --- commands -----------------------------------------------------------
 
-    def systemctl(self, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+    def systemctl(self, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
         """``systemctl --user ARGS`` against this manager (never raises on exit status)."""
         env = {**clean_environ(), **self.env}
         try:
@@ -243,8 +278,13 @@ class UserManager:
             self._seen.setdefault(pid, started)
 
 
+def _gone(pid: int, started: str) -> bool:
+    """Whether the process recorded as (``pid``, ``started``) has exited."""
+    return start_time(pid) != started or not alive(pid)
+
+
 def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the demo process dies."""
+    """In the child, before exec: SIGTERM when the process that started it dies."""
     import ctypes
 
     PR_SET_PDEATHSIG = 1

@@ -1,4 +1,4 @@
-"""``python -m migmanagerd.demo.attach PID``: the demo's DCGM stand-in opens
+"""``python -m demo.attach PID``: the demo's DCGM stand-in opens
 every GPU of the simulated node, as the real DCGM host engine does.
 
 Run from the client unit's ``ExecStartPost=`` with ``$MAINPID``: it records the
@@ -17,7 +17,7 @@ def main(argv: list[str]) -> int:
     from migmanagerd.gpu.sim import SimBackend
 
     if len(argv) != 1 or not argv[0].isdigit():
-        print("usage: python -m migmanagerd.demo.attach PID", file=sys.stderr)
+        print("usage: python -m demo.attach PID", file=sys.stderr)
         return 2
     pid = int(argv[0])
     backend = SimBackend()

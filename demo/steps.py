@@ -16,10 +16,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn
 
-from migmanagerd.demo.node import (
+from demo.node import (
     CLIENTS,
     GPU_HOLDER,
     SERVICE,
@@ -30,7 +33,7 @@ from migmanagerd.demo.node import (
     DemoNode,
     missing_checkout_files,
 )
-from migmanagerd.demo.usermanager import CGROUP_PREFIX, ManagerError, UserManager, clean_environ, missing_requirement
+from demo.usermanager import CGROUP_PREFIX, ManagerError, UserManager, clean_environ, missing_requirement
 
 CLI_TIMEOUT_S = 60.0
 UNIT_TIMEOUT_S = 90.0  # one start/restart of the unit (the sim applies in seconds)
@@ -64,7 +67,7 @@ class Demo:
     def cli_env(self) -> dict[str, str]:
         return {**clean_environ(), **self.mgr.env, **self.node.env}
 
-    def migmanagerd(self, *argv: str, show: bool = True, expect: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
+    def migmanagerd(self, *argv: str, show: bool = True, expect: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
         """Run this checkout's ``migmanagerd ARGV`` against the demo node, echoing it."""
         if show:
             out(f"$ migmanagerd {' '.join(argv)}", INDENT)
@@ -86,7 +89,7 @@ class Demo:
             )
         return proc
 
-    def systemctl(self, *args: str, show: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    def systemctl(self, *args: str, show: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         if show:
             out(f"$ systemctl {' '.join(args)}", INDENT)
         proc = self.mgr.systemctl(*args, timeout=timeout)
@@ -203,7 +206,7 @@ class Demo:
 
     # --- the steps ------------------------------------------------------------
 
-    def step(self, n: int, title: str, fn) -> None:
+    def step(self, n: int, title: str, fn: Callable[[], str]) -> None:
         out()
         out("=" * 78)
         out(f"STEP {n}/5: {title}")
@@ -402,7 +405,7 @@ def _keep_logs(base: Path) -> None:
                 out(f"could not keep {src}: {exc}")
 
 
-def _raise_interrupted(signum, frame):
+def _raise_interrupted(signum: int, frame: FrameType | None) -> NoReturn:
     raise Interrupted(signal.Signals(signum).name)
 
 
@@ -471,11 +474,16 @@ def main(argv: list[str] | None = None) -> int:
         _keep_logs(base)
         shutil.rmtree(base, ignore_errors=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    return _summary(demo, base, left, code, t0)
+
+
+def _summary(demo: Demo | None, base: Path, left: list[str], code: int, t0: float) -> int:
+    """Print each step's outcome and the teardown's; return the exit status."""
     out()
     out("=" * 78)
     out("SUMMARY")
     if demo is not None:
-        for n, title, ok, detail in demo.results:
+        for n, title, ok, _detail in demo.results:
             out(f"step {n}: {'OK    ' if ok else 'FAILED'} {title}")
     if base.exists():
         left.append(str(base))

@@ -23,7 +23,7 @@ import sys
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]  # the checkout: demo/ is at its top
 SERVICE = "nvidia-mig-manager.service"
 TARGET = "nvidia-gpu-reset.target"
 SIM_NODE = "8xA100-SXM4-40GB"
@@ -53,7 +53,7 @@ _CLIENT_UNITS = {
 _CLIENT_SERVICE = "[Service]\nExecStart=/bin/sleep infinity\n"
 _CLIENT_INSTALL = "[Install]\nWantedBy=default.target\n"
 # DCGM holds every GPU open while it runs: the stand-in records its PID on
-# each simulated GPU (migmanagerd/demo/attach.py), so a reset under it would
+# each simulated GPU (demo/attach.py), so a reset under it would
 # fail with IN_USE and migmanagerd finds it as a GPU holder.
 GPU_HOLDER = "nvidia-dcgm.service"
 
@@ -148,7 +148,7 @@ class DemoNode:
             if unit == GPU_HOLDER:
                 service += (
                     f'Environment="PYTHONPATH={REPO}" "MIGMANAGERD_SIM_STATE={self.sim_state}"\n'
-                    f"ExecStartPost={sys.executable} -m migmanagerd.demo.attach $MAINPID\n"
+                    f"ExecStartPost={sys.executable} -m demo.attach $MAINPID\n"
                 )
             self._write(self.lib_units / unit, head + service + _CLIENT_INSTALL)
         self.new_boot_id()
