@@ -57,6 +57,12 @@ def plan_gpu(model: GpuModel, current: Sequence[MigDevice], target: Target) -> G
         wanted = ", ".join(f"{n} x{k}" for n, k in Counter(it.name for it in by_peer).items())
         first = _groups_reason(model, packing.group(by_peer))
         return Infeasible(first or f"compute instances need {compute} of {model.compute_slices} compute slices on {model.name} ({wanted})")
+    if _groups_reason(model, _fewest_gis(items)) is not None:
+        # not even the fewest GPU instances any grouping could need fit, so no
+        # ordering will: say why the first one does not, without trying them all
+        first = _groups_reason(model, packing.group(peer_order(items)))
+        if first is not None:
+            return Infeasible(first)
     fitted: dict[str, _Fit] = {}
     packed = pack(items, lambda groups: _groups_reason(model, groups, fitted))
     if isinstance(packed, str):
@@ -258,6 +264,23 @@ def _kinds(groups: Sequence[GiGroup]) -> list[_Kind]:
     # and the chosen layout reads like nvidia-smi's (large GIs at low slices).
     kinds.sort(key=lambda k: (-k.gi.memory_slices, -k.gi.compute_slices, k.gi.name, k.profile))
     return kinds
+
+
+def _fewest_gis(items: Sequence[CiItem]) -> list[GiGroup]:
+    """A lower bound per GI profile on the GPU instances any grouping makes:
+    enough compute slices for its CIs, and room for each CI profile's count."""
+    by_gi: dict[str, list[CiItem]] = {}
+    for it in items:
+        by_gi.setdefault(it.gi.name, []).append(it)
+    out: list[GiGroup] = []
+    for its in by_gi.values():
+        gi = its[0].gi
+        need = -(-sum(it.ci.compute_slices for it in its) // gi.compute_slices)
+        for name, n in Counter(it.name for it in its).items():
+            ci = next(it.ci for it in its if it.name == name)
+            need = max(need, -(-n // ci.max_count))
+        out += [GiGroup(gi, (its[0].ci,))] * need
+    return out
 
 
 _Fit = tuple[tuple[_Kind, ...], "tuple[int, tuple[tuple[int, ...], ...]] | None"]
