@@ -40,7 +40,8 @@ def test_select_writes_the_dropin_and_status_names_it_as_the_source(tmp_path, mo
     assert main(["status", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert set(doc) == STATUS_KEYS
-    assert doc["selection"] == {"config": "all-balanced", "source": f"drop-in {paths.dropin}"}
+    assert doc["selection"] == {"config": "all-balanced", "source": f"drop-in {paths.dropin}",
+                                "config_file": str(paths.config_file)}
     assert doc["matches"] is False and len(doc["differences"]) == 2
     assert [g["mig_enabled"] for g in doc["gpus"]] == [False, False]
 

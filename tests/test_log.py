@@ -42,8 +42,8 @@ def test_on_a_terminal_lines_name_the_program_and_level(emit):
 
 
 def test_mig_parted_debug_turns_on_debug(monkeypatch, capsys):
-    from migmanagerd.cli.main import build_parser
+    from migmanagerd.cli.main import parse_args
 
     monkeypatch.setenv("MIG_PARTED_DEBUG", "true")
-    args = build_parser().parse_args(["status"])
+    args = parse_args(["status"])
     assert args.debug is True

@@ -177,6 +177,36 @@ def test_installed_migmanagerd_applies_a_shipped_config_on_the_simulator(built, 
     assert "all-1g.5gb" in drop_in.read_text()
 
 
+def test_installed_nvidia_mig_parted_follows_the_peers_contract(built, tmp_path):
+    """The replacement's nvidia-mig-parted: the peer's command line, exit 1 for every failure."""
+    exe = built.root / "usr/bin/nvidia-mig-parted"
+    assert os.access(exe, os.X_OK)
+    config = str(built.root / "etc/nvidia-mig-manager/config.yaml")
+    env = {"PATH": SYSTEM_PATH, "PYTHONPATH": str(built.dist_packages), "LANG": "C.UTF-8",
+           "MIGMANAGERD_SIM_STATE": str(tmp_path / "node.json"), "MIGMANAGERD_BACKEND": "sim",
+           "MIGMANAGERD_ROOT": str(tmp_path / "root")}
+
+    def peer(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([SYSTEM_PYTHON, str(exe), *args], capture_output=True, text=True, env=env, cwd=built.work)
+
+    assert built.run_installed("sim", "init", "--node", "2xA100-SXM4-40GB", **{k: v for k, v in env.items() if k.startswith("MIGMANAGERD_SIM")}).returncode == 0
+    assert peer("-v").stdout.startswith("nvidia-mig-parted (migmanagerd) ")
+    proc = peer("-d", "apply", "-f", config, "-c", "all-1g.5gb")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert peer("assert", "-f", config, "-c", "all-1g.5gb").returncode == 0
+    assert peer("assert", "-f", config, "-c", "all-disabled").returncode == 1
+    assert peer("apply", "-f", config, "-c", "no-such-config").returncode == 1  # migmanagerd: 2
+    assert "mig-configs:" in peer("export").stdout
+
+
+def test_package_replaces_nvidia_mig_manager(built):
+    control = (built.control / "control").read_text()
+    for field in ("Provides", "Conflicts", "Replaces"):
+        line = next(x for x in control.splitlines() if x.startswith(f"{field}:"))
+        assert "nvidia-mig-manager" in line.split(":", 1)[1], line
+    assert (built.root / "usr/share/man/man8/nvidia-mig-parted.8.gz").is_file()
+
+
 def test_launcher_searches_the_operators_nvidia_ml_py_directory_last(built):
     probe = (
         "import runpy, sys\n"

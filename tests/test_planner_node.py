@@ -9,7 +9,7 @@ from vectors import require_vectors
 
 from migmanagerd.catalog.load import load_catalog
 from migmanagerd.errors import SpecError
-from migmanagerd.planner.node import GpuSlot, admits, fits_model, gpu_slot, resolve_config
+from migmanagerd.planner.node import GpuSlot, admits, fits_model, gpu_slot, missing_indices, resolve_config
 from migmanagerd.spec.config import parse_config
 
 CATALOG = load_catalog()
@@ -82,18 +82,40 @@ def test_subsystem_filter():
     assert list(targets) == [0]
 
 
-def test_unknown_index_is_an_error_naming_the_entry():
-    with pytest.raises(SpecError) as e:
-        resolve_config(config("""\
+def test_indices_the_node_lacks_are_left_out_with_a_warning_naming_them(caplog):
+    # nvidia-mig-parted skips them: NVIDIA's example custom-config names GPUs
+    # 0-7 and is meant for nodes with fewer
+    with caplog.at_level("WARNING", logger="migmanagerd"):
+        targets = resolve_config(config("""\
     - devices: [0]
       mig-enabled: false
-    - devices: [2, 7]
+    - devices: [2, 7, 5]
+      mig-enabled: true
+      mig-devices: {"1g.5gb": 7}
+"""), NODE)
+    assert sorted(targets) == [0, 2]
+    assert targets[2].entry.position == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("cfg.yaml:6:7: config 'c' entry 1: devices: GPU indexes 5, 7 not on this node")
+    assert "GPUs 0-3" in warnings[0]
+
+
+def test_an_entry_naming_only_missing_indices_selects_nothing():
+    targets = resolve_config(config("""\
+    - devices: [4, 5]
       mig-enabled: false
 """), NODE)
-    msg = str(e.value)
-    assert msg.startswith("cfg.yaml:6:7: config 'c' entry 1: field 'devices': GPU index 7 does not exist")
-    assert "GPUs 0-3" in msg
-    assert e.value.exit_code == 2
+    assert targets == {}
+
+
+def test_missing_indices_is_pure_and_sorted():
+    e = config("""\
+    - devices: [7, 1, 5]
+      mig-enabled: false
+""").entries[0]
+    assert missing_indices(e, {0, 1}) == (5, 7)
+    assert missing_indices(e, range(8)) == ()
 
 
 def test_gpu_selected_twice_is_an_error():

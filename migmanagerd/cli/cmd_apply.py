@@ -12,6 +12,7 @@ import json
 
 from migmanagerd.cli.cmd_service import add_run_options, options_from_args
 from migmanagerd.service.run import ServiceRun
+from migmanagerd.spec.config import STDIN_PATH
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    service = ServiceRun(options_from_args(args, persist_selection=args.selected_config is not None))
+    # `nvidia-mig-parted apply` (cli/peer.py) sets persist_selection False:
+    # the peer's apply never changes what the next boot applies
+    persist = getattr(args, "persist_selection", None)
+    if persist is None:
+        # a config read from standard input cannot be read again at boot
+        persist = args.selected_config is not None and args.config_file != STDIN_PATH
+    service = ServiceRun(options_from_args(args, persist_selection=persist))
     outcome = service.run()
     results = service.gpu_results()
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from migmanagerd.cli.common import add_backend, add_config_file, add_debug, add_mode_only, add_selected_config, env_flag
+from migmanagerd.cli.persisted_args import fill_from_persisted
 from migmanagerd.cli.selection import load_selection, open_engine
 from migmanagerd.errors import EXIT_FAILED, EXIT_OK
 
@@ -29,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    _, config = load_selection(args)
+    persisted = fill_from_persisted(args)
+    _, config = load_selection(args, fallback=lambda: persisted.fallback)
     if args.valid_config:
         print(f"config '{config.name}' is valid")
         return EXIT_OK

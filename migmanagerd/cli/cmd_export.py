@@ -8,7 +8,7 @@ import os
 
 from migmanagerd.apply.configtext import render_config_file
 from migmanagerd.apply.export import DEFAULT_LABEL, node_config
-from migmanagerd.cli.common import add_backend, add_debug
+from migmanagerd.cli.common import add_backend, add_debug, add_output_format
 from migmanagerd.cli.selection import open_engine
 from migmanagerd.errors import EXIT_OK, UsageError
 from migmanagerd.log import get_logger
@@ -23,11 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="YAML (default): a v1 config named 'current' that reproduces this node's layout when applied. "
         "JSON (--json or -o json): the node as observed, per GPU (keys in docs/engine.md).",
     )
-    p.add_argument(
-        "-o", "--output-format", choices=("yaml", "json"),
-        default=os.environ.get("MIG_PARTED_OUTPUT_FORMAT") or "yaml",
-        help="yaml (a config) or json (the node); env MIG_PARTED_OUTPUT_FORMAT",
-    )
+    add_output_format(p, "yaml (a config) or json (the node); env MIG_PARTED_OUTPUT_FORMAT")
     p.add_argument("--json", action="store_true", help="same as -o json")
     p.add_argument(
         "-l", "--config-label", default=os.environ.get("MIG_PARTED_CONFIG_LABEL") or DEFAULT_LABEL,

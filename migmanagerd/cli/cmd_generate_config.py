@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from migmanagerd.apply.configtext import config_json, render_config_file
-from migmanagerd.cli.common import add_backend, add_debug
+from migmanagerd.cli.common import add_backend, add_debug, add_output_format
 from migmanagerd.cli.selection import open_engine
 from migmanagerd.errors import EXIT_OK, UsageError
 from migmanagerd.log import get_logger
@@ -28,11 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "-f", "--output-file", default=os.environ.get("MIG_PARTED_OUTPUT_FILE") or None,
         help="write here instead of standard output (env MIG_PARTED_OUTPUT_FILE)",
     )
-    p.add_argument(
-        "-o", "--output-format", choices=("yaml", "json"),
-        default=os.environ.get("MIG_PARTED_OUTPUT_FORMAT") or "yaml",
-        help="yaml (default) or json; env MIG_PARTED_OUTPUT_FORMAT",
-    )
+    add_output_format(p, "yaml (default) or json; env MIG_PARTED_OUTPUT_FORMAT")
     p.add_argument(
         "--model", action="append", default=[], metavar="NAME",
         help="generate for this catalog model instead of the node's GPUs (repeatable; name, alias or PCI id)",

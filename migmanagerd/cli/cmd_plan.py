@@ -10,6 +10,7 @@ import argparse
 import json
 
 from migmanagerd.cli.common import add_backend, add_config_file, add_debug, add_mode_only, add_selected_config
+from migmanagerd.cli.persisted_args import fill_from_persisted
 from migmanagerd.cli.selection import load_selection, open_engine
 from migmanagerd.errors import EXIT_OK, EXIT_USAGE
 from migmanagerd.planner.types import GpuPlan, MigDevice
@@ -81,7 +82,8 @@ def _changes(r: GpuPlan) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    _, config = load_selection(args)
+    persisted = fill_from_persisted(args)
+    _, config = load_selection(args, fallback=lambda: persisted.fallback)
     engine = open_engine(args)
     try:
         plan = engine.plan(config, mode_only=args.mode_only)

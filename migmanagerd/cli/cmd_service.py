@@ -53,12 +53,16 @@ def _seconds(text: str) -> float:
 
 
 def options_from_args(args: argparse.Namespace, *, persist_selection: bool):
+    from migmanagerd.cli.persisted_args import fill_from_persisted
     from migmanagerd.service.run import ServiceOptions
 
+    # without -c/-f/-k: what the unit would use (its drop-in), not just the defaults
+    persisted = fill_from_persisted(args)
     return ServiceOptions(
         config_file=args.config_file,
         hooks_file=args.hooks_file,
-        selected_config=args.selected_config,
+        selected_config=args.selected_config or persisted.fallback,
+        name_fallback=persisted.applies,
         mode_only=args.mode_only,
         skip_reset=args.skip_reset,
         allow_reboot=not args.no_reboot,

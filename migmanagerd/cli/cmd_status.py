@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
 
 from migmanagerd.cli.common import add_backend, add_config_file, add_debug
@@ -27,27 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def selection_source(paths, state) -> tuple[str | None, str | None]:
-    """(config, source) following the selection precedence, without a -c flag."""
-    from migmanagerd.service.selector import read_selector
-
-    env = os.environ.get("MIG_PARTED_SELECTED_CONFIG")
-    if env:
-        return env, "environment (MIG_PARTED_SELECTED_CONFIG)"
-    try:
-        dropin = read_selector(paths.dropin).selected_config
-    except MigManagerError:
-        dropin = None
-    if dropin:
-        return dropin, f"drop-in {paths.dropin}"
-    if state.selected_config:
-        return state.selected_config, "state.json (last applied)"
-    return None, None
-
-
 def collect(args: argparse.Namespace) -> dict[str, Any]:
     from migmanagerd.apply.compare import differences
     from migmanagerd.apply.render import node_json
+    from migmanagerd.cli.persisted_args import fill_from_persisted
     from migmanagerd.cli.selection import open_engine
     from migmanagerd.service.paths import NodePaths
     from migmanagerd.service.state import StateStore, state_to_json
@@ -56,9 +38,11 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     paths = NodePaths.from_env()
     loaded = StateStore(paths).load()
     state_doc = json.loads(state_to_json(loaded.state))
-    name, source = selection_source(paths, loaded.state)
+    # the selection and config file the unit uses (env > drop-in > state.json)
+    persisted = fill_from_persisted(args, paths)
+    name, source = persisted.name, persisted.source
     doc: dict[str, Any] = {
-        "selection": {"config": name, "source": source},
+        "selection": {"config": name, "source": source, "config_file": args.config_file},
         "matches": None,
         "differences": [],
         "gpus": [],
@@ -66,7 +50,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         "journal": state_doc["journal"],
         "reboot_guard": state_doc["reboot_guard"],
         "integrations": state_doc["integrations"],
-        "problems": [loaded.problem] if loaded.problem else [],
+        "problems": [p for p in (loaded.problem, persisted.problem) if p],
     }
     engine = open_engine(args)
     try:

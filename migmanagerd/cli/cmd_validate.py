@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from migmanagerd.catalog.load import Catalog, load_catalog
 from migmanagerd.catalog.model import GpuModel
 from migmanagerd.cli.common import add_config_file, add_debug, add_hooks_file
+from migmanagerd.cli.persisted_args import fill_from_persisted
 from migmanagerd.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from migmanagerd.log import get_logger
-from migmanagerd.planner.node import admits, fits_model
+from migmanagerd.planner.node import admits, fits_model, missing_indices
 from migmanagerd.spec.config import load_config
 from migmanagerd.spec.hooks import load_hooks
 from migmanagerd.spec.profile import MigProfile
@@ -51,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="GPU model: catalog name, alias, product name or PCI id (0x20B0, 0x20B010DE); repeatable",
     )
     p.add_argument("-c", "--selected-config", default=None, metavar="NAME", help="check only this config")
+    p.add_argument(
+        "--gpu-count", type=_gpu_count, metavar="N", default=None,
+        help="flag entries naming GPU indices a node with N GPUs lacks (apply and the service skip "
+        "them with a warning, as nvidia-mig-parted does); exit 2 if any",
+    )
     p.add_argument("--json", action="store_true", help="with --gpu: machine-readable result")
     p.add_argument("--list-models", action="store_true", help="list the catalog's GPU models and exit")
     p.set_defaults(func=run)
@@ -72,10 +78,13 @@ def run(args: argparse.Namespace) -> int:
         _print_models(catalog)
         return EXIT_OK
     models = [_find_model(catalog, text) for text in args.gpu]
+    fill_from_persisted(args)
     config_file = load_config(args.config_file)
     if args.hooks_file:
         load_hooks(args.hooks_file)
     configs = _select(config_file, args.selected_config)
+    if args.gpu_count is not None and _report_index_errors(configs, args.gpu_count):
+        return EXIT_USAGE
 
     if not models:
         errors = [e for c in configs for e in config_errors(c, catalog)]
@@ -97,6 +106,38 @@ def run(args: argparse.Namespace) -> int:
     if args.selected_config is None:
         return EXIT_OK
     return EXIT_OK if all(v.status == "fits" for v in verdicts) else EXIT_FAILED
+
+
+def _gpu_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of GPUs") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}': a node has 0 or more GPUs")
+    return value
+
+
+def index_errors(config: MigConfig, gpu_count: int) -> list[str]:
+    """One line per entry naming GPU indices a node of ``gpu_count`` GPUs lacks."""
+    present = range(gpu_count)
+    lines = []
+    for e in config.entries:
+        missing = missing_indices(e, present)
+        if missing:
+            lines.append(
+                f"{e.where}: devices: GPU index{'es' if len(missing) > 1 else ''} "
+                f"{', '.join(map(str, missing))} not on a node with {gpu_count} GPU(s) "
+                "(apply and the service skip them with a warning)"
+            )
+    return lines
+
+
+def _report_index_errors(configs: Sequence[MigConfig], gpu_count: int) -> bool:
+    absent = [line for c in configs for line in index_errors(c, gpu_count)]
+    for line in absent:
+        log.error("%s", line)
+    return bool(absent)
 
 
 def _find_model(catalog: Catalog, text: str) -> GpuModel:

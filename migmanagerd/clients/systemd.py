@@ -183,6 +183,13 @@ class SystemdManager:
         path = self._unit_path(name)
         return tuple(self._get(path, UNIT_IFACE, "After", f"unit {name}"))
 
+    def service_environment(self, name: str) -> tuple[str, ...]:
+        """The service's ``Environment=`` list as systemd loaded it
+        (``NAME=value`` strings, later entries win), e.g. to prove a drop-in
+        was read the way it was meant."""
+        path = self._unit_path(name)
+        return tuple(str(v) for v in self._get(path, SERVICE_IFACE, "Environment", f"unit {name}"))
+
     def unit_by_pid(self, pid: int) -> str | None:
         """The unit a process belongs to (by its cgroup), or None."""
         from gi.repository import GLib

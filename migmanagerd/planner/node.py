@@ -8,7 +8,7 @@ reported against the entry before anything on the node is touched.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,16 +77,16 @@ def _indices_text(gpus: Sequence[GpuSlot]) -> str:
     return "this node has GPU" + ("s " if len(idx) > 1 else " ") + ", ".join(map(str, idx))
 
 
-def _check_indices_exist(entry: ConfigEntry, by_index: Mapping[int, GpuSlot], gpus: Sequence[GpuSlot]) -> None:
-    """An entry's explicit ``devices`` list names GPUs the node has."""
-    if entry.devices == "all":
-        return
-    for i in entry.devices:
-        if i not in by_index:
-            raise SpecError(
-                f"GPU index {i} does not exist ({_indices_text(gpus)})",
-                entry.loc, context=_context(entry), field="devices",
-            )
+def _warn_missing_indices(entry: ConfigEntry, by_index: Mapping[int, GpuSlot], gpus: Sequence[GpuSlot]) -> None:
+    """nvidia-mig-parted skips indices a node lacks, so one config file can
+    serve a whole cluster (NVIDIA's example custom-config names GPUs 0-7);
+    so do we, saying which. `validate --gpu-count` flags them before a rollout."""
+    missing = missing_indices(entry, by_index)
+    if missing:
+        log.warning(
+            "%s: devices: GPU index%s %s not on this node (%s); left out",
+            entry.where, "es" if len(missing) > 1 else "", ", ".join(map(str, missing)), _indices_text(gpus),
+        )
 
 
 def resolve_config(config: MigConfig, gpus: Sequence[GpuSlot]) -> dict[int, GpuTarget]:
@@ -97,7 +97,7 @@ def resolve_config(config: MigConfig, gpus: Sequence[GpuSlot]) -> dict[int, GpuT
     for entry in config.entries:
         ctx = _context(entry)
         explicit = entry.devices != "all"
-        _check_indices_exist(entry, by_index, gpus)
+        _warn_missing_indices(entry, by_index, gpus)
         for gpu in sorted(gpus, key=lambda g: g.index):
             if not entry.selects(gpu.index, gpu.pci_device_id, gpu.pci_subsystem_id):
                 continue
@@ -133,6 +133,13 @@ def resolve_config(config: MigConfig, gpus: Sequence[GpuSlot]) -> dict[int, GpuT
                 layout=entry.layout if entry.mig_enabled else None,
             )
     return targets
+
+
+def missing_indices(entry: ConfigEntry, present: Collection[int]) -> tuple[int, ...]:
+    """The GPU indices ``entry`` names that are not in ``present``, sorted."""
+    if entry.devices == "all":
+        return ()
+    return tuple(sorted(i for i in set(entry.devices) if i not in present))
 
 
 def admits(entry: ConfigEntry, model: GpuModel) -> bool:

@@ -13,7 +13,7 @@ from migmanagerd.clients.clientset import ClientsFile, load_clients
 from migmanagerd.integrations.settings import IntegrationSettings, load_integrations
 from migmanagerd.service.options import ServiceOptions
 from migmanagerd.service.paths import NodePaths
-from migmanagerd.spec.config import load_config
+from migmanagerd.spec.config import STDIN_PATH, load_config
 from migmanagerd.spec.hooks import load_hooks
 from migmanagerd.spec.selection import pick_config, selected_name
 from migmanagerd.spec.trust import check_trusted
@@ -43,7 +43,8 @@ def load_inputs(opts: ServiceOptions, paths: NodePaths, state_selection: str | N
     """Selection precedence: -c > MIG_PARTED_SELECTED_CONFIG > ``state_selection``
     (the config state.json says was applied last) > the file's only config."""
     config_path = opts.config_file or str(paths.config_file)
-    check_trusted(config_path, "config file")
+    if config_path != STDIN_PATH:  # `-f -`: nothing on disk to check
+        check_trusted(config_path, "config file")
     config_file = load_config(config_path)
     name = selected_name(opts.selected_config, config_file, fallback=lambda: state_selection)
     return RunInputs(

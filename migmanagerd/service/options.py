@@ -18,6 +18,9 @@ class ServiceOptions:
     persist_selection: bool = False  # `apply -c NAME`: make NAME the boot-time selection on success
     hook_timeout_s: float = 120.0
     backend: str | None = None
+    # False when -f names another file than the persisted one: the name state.json
+    # recorded belongs to that other file, so it must not pick a config here
+    name_fallback: bool = True
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,12 @@ import os
 import time
 from pathlib import Path
 
+from migmanagerd.apply.coverage import require_selects_gpu
 from migmanagerd.apply.engine import ApplyEngine
 from migmanagerd.apply.nodeplan import NodePlan, require_feasible
 from migmanagerd.apply.report import GpuResult
 from migmanagerd.apply.run import ApplyRun
+from migmanagerd.catalog.load import load_catalog
 from migmanagerd.clients.discovery import check_holders, find_gpu_holders
 from migmanagerd.clients.notify import Notifier
 from migmanagerd.errors import EXIT_FAILED, EXIT_OK, MigManagerError
@@ -175,7 +177,8 @@ class ServiceRun:
         outcome: RunOutcome | None = None
         failure: Exception | None = None
         try:
-            self.inputs = self._load_inputs(loaded.state.selected_config)
+            fallback = loaded.state.selected_config if self.opts.name_fallback else None
+            self.inputs = self._load_inputs(fallback)
             self.clients.clients = self.inputs.clients
             engine = self._engine()
             outcome = self._converge(engine, self.inputs)
@@ -226,7 +229,9 @@ class ServiceRun:
     def _converge(self, engine: ApplyEngine, inputs: RunInputs) -> RunOutcome:
         name = inputs.name
         self.notify.status(f"planning config '{name}'")
-        plan = engine.plan(inputs.config, mode_only=self.opts.mode_only)
+        state = engine.observe()
+        plan = engine.plan(inputs.config, mode_only=self.opts.mode_only, state=state)
+        require_selects_gpu(inputs.config, state, load_catalog())  # exit 2, nothing touched
         require_feasible(plan)  # exit 2, nothing touched
         if not plan.mode_change_gpus and self.store.load().state.reboot_guard is not None:
             # every MIG mode is right now (the reboot helped, or the operator

@@ -46,6 +46,8 @@ class Selector:
     path: Path
     # every variable the drop-in sets, ours included (what `status` may show)
     environment: dict[str, str] = field(default_factory=dict)
+    # what makes systemd read the file differently than its author meant
+    problem: str | None = None
 
 
 # --- tokenising (pure) --------------------------------------------------------
@@ -126,44 +128,88 @@ class _Line:
     key: str | None = None
     value: str = ""
     header: bool = False
+    lineno: int = 0  # 1-based number of its first physical line
+    # systemd stops reading the file at an invalid section header ("[Service] # c"):
+    # this line and every line after it mean nothing to the unit
+    invalid_header: bool = False
+    # the file ended inside a backslash continuation: text appended right
+    # after this line would be joined to it
+    open_continuation: bool = False
+
+
+def _is_comment(physical: str) -> bool:
+    stripped = physical.lstrip(_WHITESPACE)
+    return bool(stripped) and stripped[0] in "#;"
+
+
+def _ends_escaped(text: str) -> bool:
+    """Whether ``text`` ends in a backslash that is not itself escaped (a
+    line continuation), counted from the start as systemd does."""
+    escaped = False
+    for ch in text:
+        escaped = not escaped if ch == "\\" else False
+    return escaped
 
 
 def _logical_lines(text: str) -> list[_Line]:
+    """The file as systemd's config parser reads it (systemd.syntax(7), and
+    tried against systemd 252): a physical line whose first non-blank
+    character is ``#`` or ``;`` is a comment, even inside a continuation; a
+    trailing unescaped backslash joins the next line, replaced by a space; an
+    empty line ends a continuation; section headers are recognised after
+    joining; a header not ending in ``]`` makes systemd ignore the rest of the
+    file."""
     physical = text.splitlines(keepends=True)
     lines: list[_Line] = []
     section: str | None = None
+    dead = False
     i = 0
     while i < len(physical):
         raw = physical[i]
-        stripped = raw.strip()
-        if not stripped or stripped[0] in "#;":
-            lines.append(_Line(raw, section))
+        lineno = i + 1
+        if _is_comment(raw):
+            lines.append(_Line(raw, section, lineno=lineno, invalid_header=dead))
             i += 1
             continue
-        if stripped.startswith("[") and stripped.endswith("]"):
-            section = stripped[1:-1]
-            lines.append(_Line(raw, section, header=True))
-            i += 1
-            continue
-        # backslash-newline joins physical lines (systemd.syntax(7))
         parts = [raw]
         joined = raw.rstrip("\r\n")
-        while joined.endswith("\\") and i + 1 < len(physical):
+        open_continuation = False
+        while _ends_escaped(joined):
+            joined = joined[:-1] + " "
             i += 1
+            while i < len(physical) and _is_comment(physical[i]):
+                parts.append(physical[i])
+                i += 1
+            if i >= len(physical):
+                open_continuation = True
+                break
             parts.append(physical[i])
-            joined = joined[:-1] + " " + physical[i].rstrip("\r\n")
+            joined += physical[i].rstrip("\r\n")
         i += 1
-        key, sep, value = joined.partition("=")
-        if not sep:
-            lines.append(_Line("".join(parts), section))
-            continue
-        lines.append(_Line("".join(parts), section, key.strip(), value.strip()))
+        line = _Line("".join(parts), section, lineno=lineno, open_continuation=open_continuation)
+        stripped = joined.strip(_WHITESPACE)
+        if dead or not stripped:
+            line.invalid_header = dead
+        elif stripped.startswith("["):
+            if stripped.endswith("]"):
+                section = stripped[1:-1]
+                line.section, line.header = section, True
+            else:
+                dead = True
+                line.invalid_header = True
+        else:
+            key, sep, value = joined.partition("=")
+            if sep:
+                line.key, line.value = key.strip(_WHITESPACE), value.strip(_WHITESPACE)
+        lines.append(line)
     return lines
 
 
 def _environment(lines: list[_Line]) -> dict[str, str]:
     env: dict[str, str] = {}
     for line in lines:
+        if line.invalid_header:
+            break  # systemd read no further
         if line.section != "Service" or line.key != "Environment":
             continue
         words = split_words(line.value)
@@ -177,14 +223,31 @@ def _environment(lines: list[_Line]) -> dict[str, str]:
     return env
 
 
+def invalid_header_line(text: str) -> int | None:
+    """The line number of a section header systemd rejects, or None."""
+    for line in _logical_lines(text):
+        if line.invalid_header:
+            return line.lineno
+    return None
+
+
 def parse_selector(text: str, path: Path) -> Selector:
-    env = _environment(_logical_lines(text))
+    lines = _logical_lines(text)
+    env = _environment(lines)
+    bad = next((line for line in lines if line.invalid_header), None)
+    problem = None
+    if bad is not None:
+        problem = (
+            f"{path}:{bad.lineno}: invalid section header {bad.raw.strip()!r}: "
+            "systemd ignores this line and every line after it"
+        )
     return Selector(
         selected_config=env.get(VAR_SELECTED) or None,
         config_file=env.get(VAR_CONFIG_FILE) or None,
         hooks_file=env.get(VAR_HOOKS_FILE) or None,
         path=path,
         environment=env,
+        problem=problem,
     )
 
 
@@ -241,8 +304,11 @@ def render_selector(
     selected_config: str,
     config_file: str | None = None,
     hooks_file: str | None = None,
+    *,
+    path_hint: str = "drop-in",
 ) -> str:
-    """The new drop-in text (pure): our variables replaced, the rest kept."""
+    """The new drop-in text (pure): our variables replaced, the rest kept.
+    ``path_hint`` names the file in errors."""
     validate_config_name(selected_config)
     ours = [(VAR_SELECTED, selected_config)]
     if config_file is not None and config_file != DEFAULT_CONFIG_FILE:
@@ -255,24 +321,8 @@ def render_selector(
         return "[Service]\n" + "".join(new_lines)
 
     lines = _logical_lines(old_text)
-    out: list[str] = []
-    # index in `out` after the last setting (or header) of the last [Service]
-    # section; comments and blank lines after it stay after our lines
-    last_service_end: int | None = None
-    for line in lines:
-        if line.section == "Service" and line.key == "Environment":
-            words = split_words(line.value)
-            kept = [w for w in words if w.value.partition("=")[0] not in OWNED_VARS]
-            if len(kept) == len(words):
-                out.append(line.raw)
-            elif kept:
-                out.append("Environment=" + " ".join(w.raw for w in kept) + _newline(line.raw))
-            # else: the line only set our variables; it is replaced below
-        else:
-            out.append(line.raw)
-        if line.section == "Service" and (line.header or line.key is not None):
-            last_service_end = len(out)
-
+    _refuse_invalid_header(lines, path_hint)
+    out, last_service_end = _kept_lines(lines)
     if out and not out[-1].endswith(("\n", "\r")):
         out[-1] += "\n"
     if last_service_end is None:
@@ -285,6 +335,42 @@ def render_selector(
         # "Environment=" reset in the file can override them
         out[last_service_end:last_service_end] = new_lines
     return "".join(out)
+
+
+def _refuse_invalid_header(lines: list[_Line], path_hint: str) -> None:
+    bad = next((line for line in lines if line.invalid_header), None)
+    if bad is not None:
+        # systemd ignores everything from this line on, so a selection written
+        # there would never reach the unit: refuse rather than report success
+        raise UsageError(
+            f"{path_hint}:{bad.lineno}: invalid section header {bad.raw.strip()!r} "
+            "(systemd ignores the rest of the file); fix or remove that line, then select again"
+        )
+
+
+def _kept_lines(lines: list[_Line]) -> tuple[list[str], int | None]:
+    """The file's lines without our variables, and the index in them after
+    the last setting (or header) of the last [Service] section, where ours
+    go; comments and blank lines after it stay after our lines."""
+    out: list[str] = []
+    last_service_end: int | None = None
+    for line in lines:
+        if line.section == "Service" and line.key == "Environment":
+            words = split_words(line.value)
+            kept = [w for w in words if w.value.partition("=")[0] not in OWNED_VARS]
+            if len(kept) == len(words):
+                out.append(line.raw)
+            elif kept:
+                out.append("Environment=" + " ".join(w.raw for w in kept) + _newline(line.raw))
+            # else: the line only set our variables; it is replaced below
+        else:
+            out.append(line.raw)
+        if line.open_continuation:
+            # an empty line ends the continuation, so nothing after it is joined to it
+            out.append("\n")
+        if line.section == "Service" and (line.header or line.key is not None):
+            last_service_end = len(out)
+    return out, last_service_end
 
 
 def _newline(raw: str) -> str:
@@ -306,7 +392,7 @@ def write_selector(
     """
     path = Path(path)
     old = _read_text(path)
-    new = render_selector(old, selected_config, config_file, hooks_file)
+    new = render_selector(old, selected_config, config_file, hooks_file, path_hint=str(path))
     if new == old:
         return False
     try:

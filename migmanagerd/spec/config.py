@@ -11,10 +11,11 @@ See docs/config-format.md.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TextIO
 
-from migmanagerd.errors import SpecError
+from migmanagerd.errors import SourceLocation, SpecError
 from migmanagerd.spec.profile import MigProfile, ProfileNameError
 from migmanagerd.spec.source import (
     YNode,
@@ -38,9 +39,30 @@ ENTRY_KEYS = ("devices", "device-filter", "mig-enabled", "mig-devices")
 _FILTER = re.compile(r"^0x([0-9a-f]{8})(?::0x([0-9a-f]{8}))?$", re.IGNORECASE)
 
 
+# `-f -`: the config comes on standard input (nvidia-mig-parted's README
+# pipes one-off configs in); messages name it STDIN_NAME instead of a path
+STDIN_PATH = "-"
+STDIN_NAME = "<stdin>"
+
+
 def load_config(path: str | Path) -> ConfigFile:
-    """Read and validate a config file; any problem raises ``SpecError``."""
+    """Read and validate a config file (``-``: standard input); any problem
+    raises ``SpecError``."""
+    if str(path) == STDIN_PATH:
+        return load_config_stream(sys.stdin)
     return _build(load_yaml_file(path), str(path))
+
+
+def load_config_stream(stream: TextIO, name: str = STDIN_NAME) -> ConfigFile:
+    """Read and validate a config from an open text stream; ``name`` stands
+    for the file in every message (``<stdin>:3:5: ...``)."""
+    try:
+        text = stream.read()
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", SourceLocation(name, 0, 0)) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror}", SourceLocation(name, 0, 0)) from None
+    return parse_config(text, name)
 
 
 def parse_config(text: str, filename: str) -> ConfigFile:

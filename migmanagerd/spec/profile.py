@@ -26,6 +26,15 @@ class ProfileNameError(ValueError):
     """A malformed profile name; ``str()`` is the reason, for a person."""
 
 
+def _check_plain(text: object) -> None:
+    if not isinstance(text, str):
+        raise ProfileNameError(f"profile name must be a string, got {type(text).__name__}")
+    if text != text.strip():
+        # nvidia-mig-parted rejects these too; stripping would hide a typo
+        # that the peer (and a script comparing names) treats as different
+        raise ProfileNameError(f"'{text}': a MIG profile name must not start or end with whitespace")
+
+
 @dataclass(frozen=True, order=True)
 class MigProfile:
     """A parsed MIG profile name. ``str()`` is the canonical form."""
@@ -38,10 +47,8 @@ class MigProfile:
 
     @classmethod
     def parse(cls, text: str) -> MigProfile:
-        if not isinstance(text, str):
-            raise ProfileNameError(f"profile name must be a string, got {type(text).__name__}")
-        raw = text.strip()
-        m = _NAME.match(raw.lower())
+        _check_plain(text)
+        m = _NAME.match(text.lower())
         if m is None:
             raise ProfileNameError(
                 f"'{text}' is not a MIG profile name; expected [<C>c.]<G>g.<M>gb[+attr|-attr], e.g. 1g.5gb, 1c.3g.20gb, 1g.10gb+me"

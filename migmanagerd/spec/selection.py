@@ -10,11 +10,10 @@ The boot-time service and every CLI command choose through here.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Mapping
 
 from migmanagerd.errors import UsageError
-from migmanagerd.spec.config import load_config, parse_config
+from migmanagerd.spec.config import load_config
 from migmanagerd.spec.types import ConfigFile, MigConfig
 
 SELECTED_CONFIG_ENV = "MIG_PARTED_SELECTED_CONFIG"
@@ -29,8 +28,6 @@ def env_selected_config(env: Mapping[str, str] | None = None) -> str | None:
 
 def read_config_file(path: str) -> ConfigFile:
     """Load and validate a config file; ``-`` reads standard input (as nvidia-mig-parted)."""
-    if path == "-":
-        return parse_config(sys.stdin.read(), "<stdin>")
     return load_config(path)
 
 
