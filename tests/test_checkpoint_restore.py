@@ -230,3 +230,19 @@ def test_a_gpu_instance_without_compute_instances_comes_back(tmp_path, monkeypat
     assert _layout() != saved
     assert main(["restore", "-f", str(cp)]) == 0
     assert _layout() == saved
+
+
+def test_nvidia_mig_parted_checkpoint_and_restore(tmp_path, monkeypatch, capsys):
+    """The peer's command line: the same commands and flags, exit 1 for every failure."""
+    from migmanagerd.cli.peer import main as peer_main
+
+    _node(tmp_path, monkeypatch)
+    assert main(["apply", "-c", "packed"]) == 0
+    saved = _layout()
+    cp = tmp_path / "cp.json"
+    assert peer_main(["checkpoint", "-f", str(cp)]) == 0
+    assert main(["apply", "-c", "other"]) == 0
+    assert peer_main(["-d", "restore", "-f", str(cp)]) == 0
+    assert _layout() == saved
+    (tmp_path / "bad.json").write_text("{")
+    assert peer_main(["restore", "-f", str(tmp_path / "bad.json")]) == 1
