@@ -1,4 +1,4 @@
-"""The walk-through: five steps an operator would take on a node.
+"""The walk-through: six steps an operator would take on a node.
 
 Each step prints a header, the commands it runs with their output indented
 under them, and one result line: ``RESULT step N: OK - …`` or
@@ -35,6 +35,7 @@ from demo.node import (
 )
 from demo.usermanager import CGROUP_PREFIX, ManagerError, UserManager, clean_environ, missing_requirement
 
+STEPS = 6
 CLI_TIMEOUT_S = 60.0
 UNIT_TIMEOUT_S = 90.0  # one start/restart of the unit (the sim applies in seconds)
 INDENT = "    "
@@ -209,7 +210,7 @@ class Demo:
     def step(self, n: int, title: str, fn: Callable[[], str]) -> None:
         out()
         out("=" * 78)
-        out(f"STEP {n}/5: {title}")
+        out(f"STEP {n}/{STEPS}: {title}")
         out("=" * 78)
         t0 = time.monotonic()
         try:
@@ -386,6 +387,53 @@ class Demo:
         short = reason if len(reason) <= 150 else reason[:150] + "…"
         return f"refused with exit status 2, clients untouched (same MainPIDs), node unchanged; reason: {short}"
 
+    def step6_on_demand(self) -> str:
+        out("Two jobs ask for MIG devices; none of the free 1g.5gb fits them. A process", INDENT)
+        out("runs on GPU 0's first 1g.5gb. `request` re-lays out one GPU at a time in", INDENT)
+        out("the first allowed geometry that keeps every busy or leased instance where", INDENT)
+        out("it is; it stops no client. binpack picks the busiest GPU, spread the emptiest.", INDENT)
+        view = json.loads(self.migmanagerd("sim", "show", "--json", show=False).stdout)
+        first = view["gpus"][0]["instances"][0]
+        busy_uuid, busy_slot = first["uuid"], first["start"]
+        job = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        try:
+            self.migmanagerd("sim", "attach", "--device", busy_uuid, "--pid", str(job.pid))
+            before = self.client_pids()
+            ops0 = self.ops()
+            self.migmanagerd("request", "--count", "2", "--memory", "8000", "--owner", "job-a", "--dry-run",
+                             "--picture", "--no-color")
+            a = json.loads(self.migmanagerd("request", "--count", "2", "--memory", "8000", "--owner", "job-a",
+                                            "--json").stdout)
+            b = json.loads(self.migmanagerd("request", "--count", "1", "--memory", "16000", "--owner", "job-b",
+                                            "--policy", "spread", "--json").stdout)
+            self.migmanagerd("status", "--picture", "--no-color")
+            after = self.client_pids()
+            self.show_pids("after", after, before)
+            ops1 = self.ops()
+            view = json.loads(self.migmanagerd("sim", "show", "--json", show=False).stdout)
+            self.migmanagerd("release", "--owner", "job-a")
+        finally:
+            job.kill()
+            job.wait(timeout=CLI_TIMEOUT_S)
+        still = [i for i in view["gpus"][0]["instances"] if i["uuid"] == busy_uuid]
+        if not still or still[0]["start"] != busy_slot:
+            raise StepFailed(f"the busy instance {busy_uuid} moved or is gone")
+        handed = [d["uuid"] for d in a["devices"] + b["devices"]]
+        if len(handed) != 3 or len(set(handed)) != 3 or busy_uuid in handed:
+            raise StepFailed(f"expected three distinct free devices, got {handed}")
+        if a["changed_gpus"] != [0] or b["changed_gpus"] in ([], [0]):
+            raise StepFailed(f"binpack should change GPU 0, spread another GPU: {a['changed_gpus']}, {b['changed_gpus']}")
+        if after != before:
+            raise StepFailed(f"GPU clients were restarted by a request: {before} -> {after}")
+        if ops1.get("set_mode", 0) != ops0.get("set_mode", 0) or ops1.get("reset", 0) != ops0.get("reset", 0):
+            raise StepFailed("a request switched a MIG mode or reset a GPU")
+        got_a = " + ".join(d["profile"] for d in a["devices"])
+        got_b = b["devices"][0]
+        return (
+            f"job-a (binpack) got {got_a} on GPU 0 beside the busy 1g.5gb (same slot, same UUID); "
+            f"job-b (spread) a {got_b['profile']} on GPU {got_b['gpu']}; no client restarted, no mode change"
+        )
+
 
 KEEP_LOGS_ENV = "MIGMANAGERD_DEMO_KEEP_LOGS"
 
@@ -454,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         demo.step(3, "a simulated reboot re-applies the layout", demo.step3_reboot)
         demo.step(4, "change to all-1g.5gb: plan first, then apply", demo.step4_all_1g)
         demo.step(5, "a config that does not fit is refused", demo.step5_unfit)
-        code = 0 if all(ok for _, _, ok, _ in demo.results) and len(demo.results) == 5 else 1
+        demo.step(6, "MIG on demand: two requests on a partly busy node", demo.step6_on_demand)
+        code = 0 if all(ok for _, _, ok, _ in demo.results) and len(demo.results) == STEPS else 1
     except KeyboardInterrupt:
         out()
         out("interrupted (Ctrl-C); cleaning up")

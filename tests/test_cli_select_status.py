@@ -12,7 +12,7 @@ from migmanagerd.service.selector import read_selector
 from migmanagerd.service.state import StateStore
 
 STATUS_KEYS = {"selection", "matches", "differences", "gpus", "last_run", "journal", "reboot_guard",
-               "integrations", "problems"}
+               "integrations", "problems", "leases", "busy_devices"}
 
 
 def _node(tmp_path, monkeypatch) -> NodePaths:

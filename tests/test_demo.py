@@ -26,6 +26,7 @@ from demo.usermanager import missing_requirement
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TIMEOUT_S = 240  # the demo takes ~15 s here; docs/demo.md promises < 2 min
 CLIENTS = ("nvidia-dcgm.service", "dcgm-exporter.service", "kubelet.service")
+STEPS = 6
 
 pytestmark = pytest.mark.systemd
 
@@ -62,8 +63,8 @@ def _run_demo(logs: Path) -> tuple[subprocess.CompletedProcess, float]:
 
 def _section(text: str, n: int) -> str:
     """The output of step n (from its header to the next step's header)."""
-    start = text.index(f"STEP {n}/5:")
-    nxt = text.find(f"STEP {n + 1}/5:", start)
+    start = text.index(f"STEP {n}/{STEPS}:")
+    nxt = text.find(f"STEP {n + 1}/{STEPS}:", start)
     return text[start: nxt if nxt != -1 else len(text)]
 
 
@@ -82,8 +83,8 @@ def test_demo_walks_every_step_and_cleans_up(tmp_path):
     assert proc.returncode == 0, diag
     assert took < 120, f"the demo took {took:.0f}s, docs/demo.md promises under two minutes"
 
-    for n in range(1, 6):
-        assert f"STEP {n}/5:" in out, diag
+    for n in range(1, STEPS + 1):
+        assert f"STEP {n}/{STEPS}:" in out, diag
         assert re.search(rf"^RESULT step {n}: OK - ", out, re.M), diag
     assert "FAILED" not in out, diag
 
@@ -125,6 +126,14 @@ def test_demo_walks_every_step_and_cleans_up(tmp_path):
     assert after.count("(same process)") == len(CLIENTS), diag
     assert re.search(r"^RESULT step 5: OK - refused with exit status 2, clients untouched", out, re.M), diag
 
+    # 6: two requests on a partly busy node: pictures, leases, no client restarted
+    s6 = _section(out, 6)
+    assert "now [*1g.5gb" in s6 and "[>1g.10gb" in s6, diag
+    assert '"changed_gpus": [\n            0\n' in s6 and '"changed_gpus": [\n            1\n' in s6, diag
+    assert "Leases:" in s6 and "owner job-a" in s6 and "owner job-b" in s6, diag
+    assert s6[s6.index("GPU client MainPIDs after:"):].count("(same process)") == len(CLIENTS), diag
+    assert re.search(r"^RESULT step 6: OK - job-a \(binpack\) got .* same UUID", out, re.M), diag
+
     assert "cleanup: OK" in out, diag
     scratch = re.search(r"^scratch directory: (\S+)$", out, re.M).group(1)
     assert not Path(scratch).exists(), diag
@@ -142,7 +151,7 @@ def test_ctrl_c_tears_everything_down(tmp_path):
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith("STEP 2/5:"):
+            if line.startswith(f"STEP 2/{STEPS}:"):
                 os.kill(proc.pid, signal.SIGINT)
                 break
             assert time.monotonic() < deadline, "".join(lines)

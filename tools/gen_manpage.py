@@ -37,6 +37,11 @@ FILES = (
     ("/etc/systemd/system/nvidia-mig-manager.service.d/override.conf",
      "The selector: sets MIG_PARTED_SELECTED_CONFIG for the unit. "
      "\\fBmigmanagerd select\\fR rewrites it atomically and reloads systemd."),
+    ("/etc/nvidia-mig-manager/device-config.yaml",
+     "Optional: MIG geometries \\fBrequest\\fR may lay out, in HAMi's knownMigGeometries format; "
+     "without it, every maximal layout from the catalog."),
+    ("/var/lib/nvidia-mig-manager/leases.json",
+     "MIG devices handed out by \\fBrequest\\fR and their owners; \\fBrelease\\fR drops them."),
     ("/var/lib/nvidia-mig-manager/state.json",
      "Last applied config and result, the in-flight journal of stopped clients, the reboot guard."),
     ("/usr/lib/systemd/system/nvidia-mig-manager.service",
@@ -54,6 +59,7 @@ ENVIRONMENT = {
     "MIG_PARTED_SELECTED_CONFIG":
         "Config name used when \\fB\\-c\\fR is not given; the service gets it from override.conf.",
     "MIG_PARTED_DEBUG": "When true (1, true, yes, on), log more, as \\fB\\-d\\fR does.",
+    "MIGMANAGERD_GEOMETRIES_FILE": "Allowed geometries file used by \\fBrequest\\fR when \\fB\\-\\-geometries\\fR is not given.",
     "MIGMANAGERD_BACKEND": "GPU backend where no \\fB\\-\\-backend\\fR can be passed: nvml (default) or sim.",
     "MIGMANAGERD_SIM_STATE": "JSON file holding the simulated node of the sim backend.",
     "MIGMANAGERD_SIM_NODE":

@@ -91,6 +91,16 @@ class ApplyRun:
         )
         return self.geometry
 
+    def apply_gpu_plan(self, index: int) -> GpuResult:
+        """Lay out GPU ``index`` exactly as this run's plan says, through the
+        geometry steps and this run's journal. For a plan its caller made
+        (``request`` pins busy and leased instances), which the geometry phase
+        would re-plan from the config; one GPU per call, so the caller decides
+        the order and stops at the first failure (that GPU is undone here,
+        ``abort`` undoes the others)."""
+        view = self.state.gpu(index)
+        return self.engine._apply_gpu(view, self.plan.gpu(index), self.writers[index], view, self.progress)
+
     def abort(self, why: str) -> tuple[GpuResult, ...]:
         """Undo every GPU this run wrote: the caller cannot go on (a hook or a
         client stop between the phases failed). Returns those GPUs' results."""

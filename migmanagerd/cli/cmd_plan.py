@@ -11,6 +11,7 @@ import json
 
 from migmanagerd.cli.common import add_backend, add_config_file, add_debug, add_mode_only, add_selected_config
 from migmanagerd.cli.persisted_args import fill_from_persisted
+from migmanagerd.cli.picture import add_picture_options, picture_wanted
 from migmanagerd.cli.selection import load_selection, open_engine
 from migmanagerd.errors import EXIT_OK, EXIT_USAGE
 from migmanagerd.planner.types import GpuPlan, MigDevice
@@ -30,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_selected_config(p)
     add_mode_only(p, "plan")
     p.add_argument("--json", action="store_true", help="machine-readable output (keys in docs/engine.md)")
+    add_picture_options(p)
     add_backend(p)
     add_debug(p)
     p.set_defaults(func=run)
@@ -86,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     _, config = load_selection(args, fallback=lambda: persisted.fallback)
     engine = open_engine(args)
     try:
-        plan = engine.plan(config, mode_only=args.mode_only)
+        state = engine.observe()
+        plan = engine.plan(config, mode_only=args.mode_only, state=state)
     finally:
         engine.backend.close()
     if args.json:
@@ -96,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         for line in format_plan(plan):
             print(line)
+        if picture_wanted(args):
+            from migmanagerd.cli.picture import draw, plan_rows, use_color
+
+            print()
+            print("\n".join(draw(plan_rows(plan, state), use_color(args.no_color))))
         if not plan.feasible:
             print(f"config '{plan.config}' does not fit this node")
     return EXIT_OK if plan.feasible else EXIT_USAGE

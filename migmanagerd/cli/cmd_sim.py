@@ -50,8 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("detach", "forget a process recorded on a GPU"),
     ):
         sp = sub_parser(name, help_text)
-        sp.add_argument("--gpu", type=int, required=True, metavar="N", help="GPU index")
+        sp.add_argument("--gpu", type=int, required=name == "detach", metavar="N", help="GPU index")
         sp.add_argument("--pid", type=int, required=True, metavar="P", help="process id")
+        if name == "attach":
+            sp.add_argument(
+                "--device", metavar="MIG-UUID", default=None,
+                help="attach to this MIG device (its GPU is found from the UUID); it then counts as busy",
+            )
         sp.set_defaults(func=run_attach if name == "attach" else run_detach)
 
 
@@ -90,6 +95,8 @@ def format_table(view: dict) -> str:
         inst = " ".join(f"{i['profile']}@{i['start']}" for i in g["instances"]) or "-"
         if g["processes"]:
             inst += f"  [pids {' '.join(map(str, g['processes']))}]"
+        for mp in g.get("mig_processes", []):
+            inst += f"  [pid {mp['pid']} on {mp['uuid']}]"
         rows.append((str(g["index"]), g["model"] or f"{g['device_id']} (no MIG)", mode, inst))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
@@ -114,6 +121,13 @@ def _gpu_arg(backend: sim.SimBackend, index: int) -> None:
 
 def run_attach(args: argparse.Namespace) -> int:
     b = _backend(args)
+    if args.device:
+        index = b.attach_device(args.device, args.pid)
+        if args.gpu is not None and args.gpu != index:
+            raise UsageError(f"--device {args.device} is on GPU {index}, not on --gpu {args.gpu}")
+        return 0
+    if args.gpu is None:
+        raise UsageError("attach needs --gpu N or --device MIG-UUID")
     _gpu_arg(b, args.gpu)
     b.attach(args.gpu, args.pid)
     return 0

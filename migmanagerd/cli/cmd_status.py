@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from migmanagerd.cli.common import add_backend, add_config_file, add_debug
+from migmanagerd.cli.picture import add_picture_options
 from migmanagerd.errors import MigManagerError
 
 
@@ -20,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Exit 0 always when the state could be read (see 'assert' for a check).",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output (keys in the README)")
+    add_picture_options(p)
     add_config_file(p)
     add_backend(p)
     add_debug(p)
@@ -46,6 +48,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         "matches": None,
         "differences": [],
         "gpus": [],
+        "leases": [],
+        "busy_devices": [],
         "last_run": state_doc["last_run"],
         "journal": state_doc["journal"],
         "reboot_guard": state_doc["reboot_guard"],
@@ -56,6 +60,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     try:
         node = engine.observe()
         doc["gpus"] = node_json(node)["gpus"]
+        doc["leases"] = leases_json(paths, node)
+        doc["busy_devices"] = busy_json(engine.backend, node, doc["problems"])
         if name:
             try:
                 config = pick_config(read_config_file(args.config_file), name)
@@ -69,12 +75,55 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+def leases_json(paths: Any, node: Any) -> list[dict[str, Any]]:
+    from migmanagerd.ondemand.serve import live_leases
+
+    try:
+        book = live_leases(paths, node)
+    except MigManagerError as exc:
+        return [{"problem": str(exc)}]
+    return [
+        {"uuid": x.uuid, "gpu": x.gpu, "profile": x.profile, "owner": x.owner, "created_at": x.created_at}
+        for x in book.leases
+    ]
+
+
+def busy_json(backend: Any, node: Any, problems: list[str]) -> list[str]:
+    """UUIDs of the MIG devices a process runs on (sorted)."""
+    from migmanagerd.ondemand.serve import busy_devices
+
+    try:
+        return sorted(busy_devices(backend, node))
+    except MigManagerError as exc:
+        problems.append(f"cannot list the processes on MIG devices: {exc}")
+        return []
+
+
+def lease_lines(leases: list[dict[str, Any]]) -> list[str]:
+    if not leases:
+        return []
+    out = ["", "Leases:"]
+    for x in leases:
+        if "problem" in x:
+            out.append(f"  problem: {x['problem']}")
+        else:
+            out.append(f"  GPU {x['gpu']} {x['profile']} {x['uuid']} owner {x['owner']} since {x['created_at']}")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    from migmanagerd.cli.picture import BUSY, LEASED, draw, json_rows, picture_wanted, use_color
+
     doc = collect(args)
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
     print(render(doc))
+    if picture_wanted(args):
+        marks = {x["uuid"]: LEASED for x in doc.get("leases", []) if "uuid" in x}
+        marks.update({u: BUSY for u in doc.get("busy_devices", [])})
+        print()
+        print("\n".join(draw(json_rows(doc["gpus"], marks), use_color(args.no_color))))
     return 0
 
 
@@ -121,6 +170,7 @@ def render(doc: dict[str, Any]) -> str:
             mode += "->" + ("on" if g["mig_pending"] else "off")
         inst = ", ".join(f"{i['profile']}@{i['start']}" for i in g["instances"]) or "-"
         out.append(f"{g['index']:<4} {str(g['model'] or '?'):<18} {mode:<9} {inst}")
+    out.extend(lease_lines(doc.get("leases") or []))
     return "\n".join(out)
 
 

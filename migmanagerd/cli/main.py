@@ -29,6 +29,9 @@ COMMANDS = (
     "sim",
     "checkpoint",
     "restore",
+    "request",
+    "release",
+    "suggest",
 )
 
 

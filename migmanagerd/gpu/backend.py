@@ -58,6 +58,9 @@ class GpuProcess:
     gpu_index: int
     pid: int
     used_memory_mib: int | None = None
+    # the MIG device it runs on (NVML's gpuInstanceId/computeInstanceId); None: not on one
+    gi_id: int | None = None
+    ci_id: int | None = None
 
 
 class BackendError(MigManagerError):

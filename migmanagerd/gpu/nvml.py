@@ -81,6 +81,16 @@ def pci_sysfs_name(bus_id: str) -> str:
     return f"{int(domain, 16) & 0xFFFF:04x}:{rest}"
 
 
+def _mig_ids(proc: object) -> tuple[int | None, int | None]:
+    """The MIG device a process runs on: nvmlProcessInfo_t's gpuInstanceId and
+    computeInstanceId (0xFFFFFFFF, or absent in old structs, when not on one)."""
+    ids = []
+    for name in ("gpuInstanceId", "computeInstanceId"):
+        value = getattr(proc, name, None)
+        ids.append(int(value) if isinstance(value, int) and value != 0xFFFFFFFF else None)
+    return ids[0], ids[1]
+
+
 class NvmlBackend:
     """Real GPUs. Safe for one thread per GPU: NVML calls are thread-safe, and
     each GPU's multi-call sequences run under that GPU's lock."""
@@ -350,7 +360,7 @@ class NvmlBackend:
             for p in procs:
                 used = getattr(p, "usedGpuMemory", None)
                 mib = int(used) // (1024 * 1024) if isinstance(used, int) else None
-                seen.setdefault(int(p.pid), GpuProcess(index, int(p.pid), mib))
+                seen.setdefault(int(p.pid), GpuProcess(index, int(p.pid), mib, *_mig_ids(p)))
         return tuple(seen[pid] for pid in sorted(seen))
 
     # -- changes -------------------------------------------------------------

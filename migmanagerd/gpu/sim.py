@@ -96,6 +96,7 @@ def reboot(state_path: str | os.PathLike[str], *, catalog: ModelCatalog | None =
                 gpu.mig_current = gpu.mig_pending = False
             gpu.instances.clear()
             gpu.processes.clear()
+            gpu.mig_processes.clear()
         node.count("reboot")
         write_node(path, node)
     return node
@@ -318,7 +319,12 @@ class SimBackend:
 
     def processes(self, index: int) -> Sequence[GpuProcess]:
         gpu = self._gpu(self._node(), index, "list processes")
-        return tuple(GpuProcess(index, pid) for pid in gpu.processes if pid_alive(pid))
+        out = [GpuProcess(index, pid) for pid in gpu.processes if pid_alive(pid)]
+        for pid, mig_uuid in gpu.mig_processes:
+            where = _device_of(gpu, mig_uuid)
+            if where is not None and pid_alive(pid):
+                out.append(GpuProcess(index, pid, gi_id=where[0].id, ci_id=where[1].id))
+        return tuple(out)
 
     def reset_available(self, index: int) -> bool:
         node = self._node()
@@ -335,7 +341,7 @@ class SimBackend:
             model = self._models.get(gpu)
             if model is None:
                 raise BackendError(index, action, "NOT_SUPPORTED", f"{gpu.name} has no MIG support")
-            busy = [p for p in gpu.processes if pid_alive(p)]
+            busy = _busy_pids(gpu)
             if busy:
                 raise BackendError(index, action, "IN_USE", f"processes hold the GPU: {', '.join(map(str, busy))}")
             if not enabled and gpu.instances:
@@ -400,6 +406,9 @@ class SimBackend:
             ci = next((c for c in gi.cis if c.id == ci_id), None)
             if ci is None:
                 raise BackendError(index, action, "NOT_FOUND", f"no compute instance {ci_id} in GPU instance {gi_id}")
+            users = [pid for pid, u in gpu.mig_processes if u == ci.uuid and pid_alive(pid)]
+            if users:
+                raise BackendError(index, action, "IN_USE", f"processes run on {ci.uuid}: {', '.join(map(str, users))}")
             gi.cis.remove(ci)
 
         self._change("destroy_ci", (index,), action, change)
@@ -427,7 +436,7 @@ class SimBackend:
             if node.no_reset:
                 raise BackendError(targets[0], action, "NOT_SUPPORTED", "GPU reset is not available here (passthrough VM); reboot the node")
             for gpu in gpus:
-                busy = [p for p in gpu.processes if pid_alive(p)]
+                busy = _busy_pids(gpu)
                 if busy:
                     raise BackendError(gpu.index, action, "IN_USE", f"processes hold the GPU: {', '.join(map(str, busy))}")
             for gpu in gpus:
@@ -457,10 +466,30 @@ class SimBackend:
         with locked(self.state_path):
             node = read_node(self.state_path)
             gpu = self._gpu(node, index, "detach process")
-            if pid not in gpu.processes:
+            on_devices = [(p, u) for p, u in gpu.mig_processes if p == pid]
+            if pid not in gpu.processes and not on_devices:
                 raise BackendError(index, "detach process", "NOT_FOUND", f"process {pid} is not attached")
-            gpu.processes.remove(pid)
+            if pid in gpu.processes:
+                gpu.processes.remove(pid)
+            for item in on_devices:
+                gpu.mig_processes.remove(item)
             write_node(self.state_path, node)
+
+    def attach_device(self, mig_uuid: str, pid: int) -> int:
+        """Record that ``pid`` runs on the MIG device ``mig_uuid``; returns its GPU index.
+        While it lives, that device cannot be destroyed and its GPU neither
+        reset nor switched (as on hardware)."""
+        if pid <= 0:
+            raise UsageError(f"{mig_uuid}: attach: '{pid}' is not a process id")
+        with locked(self.state_path):
+            node = read_node(self.state_path)
+            for gpu in node.gpus:
+                if _device_of(gpu, mig_uuid) is not None:
+                    if (pid, mig_uuid) not in gpu.mig_processes:
+                        gpu.mig_processes.append((pid, mig_uuid))
+                        write_node(self.state_path, node)
+                    return gpu.index
+        raise UsageError(f"no MIG device {mig_uuid} on this simulated node")
 
     def snapshot(self) -> SimNode:
         """The whole simulated node, for ``sim show`` and tests."""
@@ -468,6 +497,21 @@ class SimBackend:
 
     def model_of(self, index: int) -> GpuModel | None:
         return self._models.get(self._gpu(self._node(), index, "look up model"))
+
+
+def _device_of(gpu: SimGpu, mig_uuid: str) -> tuple[SimGi, SimCi] | None:
+    for gi in gpu.instances:
+        for ci in gi.cis:
+            if ci.uuid == mig_uuid:
+                return gi, ci
+    return None
+
+
+def _busy_pids(gpu: SimGpu) -> list[int]:
+    """Live processes on the GPU or on any of its MIG devices."""
+    pids = [p for p in gpu.processes if pid_alive(p)]
+    pids += [p for p, u in gpu.mig_processes if _device_of(gpu, u) is not None and pid_alive(p) and p not in pids]
+    return pids
 
 
 def describe(node: SimNode, catalog: ModelCatalog | None = None) -> dict[str, Any]:
@@ -504,6 +548,9 @@ def describe(node: SimNode, catalog: ModelCatalog | None = None) -> dict[str, An
                 "mig_pending": gpu.mig_pending,
                 "instances": instances,
                 "processes": [p for p in gpu.processes if pid_alive(p)],
+                "mig_processes": [
+                    {"pid": p, "uuid": u} for p, u in gpu.mig_processes if _device_of(gpu, u) is not None and pid_alive(p)
+                ],
             }
         )
     return {"node": node.node, "gpus": gpus, "ops": dict(node.ops)}

@@ -62,6 +62,8 @@ class SimGpu:
     mig_pending: bool = False
     instances: list[SimGi] = field(default_factory=list)
     processes: list[int] = field(default_factory=list)
+    # processes on one MIG device: [pid, MIG device UUID]
+    mig_processes: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def mig_capable(self) -> bool:
@@ -108,6 +110,7 @@ def node_to_json(node: SimNode) -> dict[str, Any]:
                 "mig_current": g.mig_current,
                 "mig_pending": g.mig_pending,
                 "processes": list(g.processes),
+                "mig_processes": [[pid, uuid] for pid, uuid in g.mig_processes],
                 "instances": [
                     {
                         "id": gi.id,
@@ -144,6 +147,7 @@ def node_from_json(doc: Any, path: Path) -> SimNode:
                 mig_current=bool(g["mig_current"]),
                 mig_pending=bool(g["mig_pending"]),
                 processes=[int(p) for p in g.get("processes", [])],
+                mig_processes=[(int(p), str(u)) for p, u in g.get("mig_processes", [])],
                 instances=[
                     SimGi(
                         id=int(gi["id"]),
