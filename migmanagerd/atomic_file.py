@@ -92,5 +92,10 @@ def write_text_atomic(path: str | Path, text: str, mode: int = 0o644) -> None:
     """``write_atomic`` for text files others read (Slurm, node_exporter,
     CDI tooling), creating the parent directory when missing."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        # mkdir's "File exists" hides the cause: a dangling symlink (or a file) there
+        kind = "a dangling symlink" if target.parent.is_symlink() else "not a directory"
+        raise NotADirectoryError(f"{target.parent} is {kind}; cannot write {target.name} there") from None
     write_atomic(target, text.encode("utf-8"), mode)

@@ -42,7 +42,9 @@ def acquire(
     ``LockTimeout`` when the wait runs out, ``OSError`` when the file cannot
     be opened or locked.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+    # O_NOFOLLOW: a symlink planted where a lock belongs must not make root
+    # create or truncate its target (issue 14 item 4); it fails with ELOOP
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         if timeout_s is None:
             fcntl.flock(fd, fcntl.LOCK_EX)

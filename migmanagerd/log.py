@@ -25,15 +25,31 @@ def under_systemd() -> bool:
     return bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``, ``\\n``):
+    a config name or unit from a file or the command line must not move the
+    cursor, clear the terminal or forge a journal line when it is printed.
+    Other non-ASCII text (names in UTF-8) is kept as it is."""
+    if all(c.isprintable() for c in text):
+        return text
+    return "".join(
+        c if c.isprintable() else _ESCAPES.get(c, f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
+        for c in text
+    )
+
+
 class JournalFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        msg = " ".join(super().format(record).splitlines())
+        msg = escape_controls(" ".join(super().format(record).splitlines()))
         return f"<{_PRIORITY.get(record.levelno, 6)}>{msg}"
 
 
 class TerminalFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        msg = " ".join(super().format(record).splitlines())
+        msg = escape_controls(" ".join(super().format(record).splitlines()))
         level = record.levelname.lower()
         return f"migmanagerd: {msg}" if record.levelno == logging.INFO else f"migmanagerd: {level}: {msg}"
 

@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+MAX_SELECTORS = 256
+HEADROOM = 8  # instance lists: A30 reports fewer than exist
 _MUTATING = ("Set", "Create", "Destroy", "Reset", "Clear", "Register", "Unregister")
 
 
@@ -35,6 +37,9 @@ class ReadOnlyNvml:
 
     def __init__(self, nvml: Any) -> None:
         self._nvml = nvml
+
+    def __dir__(self) -> list[str]:
+        return [n for n in dir(self._nvml) if not (n.startswith("nvml") and any(w in n for w in _MUTATING))]
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("nvml") and any(word in name for word in _MUTATING):
@@ -47,9 +52,12 @@ def _text(v: Any) -> str:
 
 
 def _err(nv: Any, exc: Exception) -> str:
+    """NVML's name for the error (``FUNCTION_NOT_FOUND``), looked up on the
+    bindings themselves: the read-only proxy does not list their constants."""
     value = getattr(exc, "value", None)
-    for attr in dir(nv):
-        if attr.startswith("NVML_ERROR_") and getattr(nv, attr) == value:
+    module = getattr(nv, "_nvml", nv)
+    for attr in dir(module):
+        if attr.startswith("NVML_ERROR_") and getattr(module, attr) == value:
             return attr[len("NVML_ERROR_"):]
     return repr(exc)
 
@@ -77,10 +85,14 @@ def _placements(nv: Any, h: Any, profile_id: int) -> tuple[list[list[int]] | Non
 
 def _profiles(nv: Any, h: Any) -> list[dict[str, Any]]:
     out = []
-    for selector in range(nv.NVML_GPU_INSTANCE_PROFILE_COUNT):
+    # Until INVALID_ARGUMENT (nvml.h), not the bindings' COUNT: nvidia-ml-py
+    # 12.5xx stops at 0xA and would hide the +gfx/-me/+me.all profiles.
+    for selector in range(MAX_SELECTORS):
         info, err = _try(nv, nv.nvmlDeviceGetGpuInstanceProfileInfo, h, selector)
         if err == "FUNCTION_NOT_FOUND":
             info, err = _try(nv, nv.nvmlDeviceGetGpuInstanceProfileInfo, h, selector, version=1)
+        if err == "INVALID_ARGUMENT":
+            break
         if err:
             out.append({"selector": selector, "error": err})
             continue
@@ -97,17 +109,41 @@ def _profiles(nv: Any, h: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _compute_instances(nv: Any, gi: Any) -> list[dict[str, Any]]:
+    out = []
+    shared = nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED
+    for enum in range(MAX_SELECTORS):
+        cinfo, err = _try(nv, nv.nvmlGpuInstanceGetComputeInstanceProfileInfo, gi, enum, shared)
+        if err == "FUNCTION_NOT_FOUND":
+            cinfo, err = _try(nv, nv.nvmlGpuInstanceGetComputeInstanceProfileInfo, gi, enum, shared, version=1)
+        if err == "INVALID_ARGUMENT":
+            break
+        if err or not cinfo.instanceCount:
+            continue
+        cbuf = (nv.c_nvmlComputeInstance_t * (int(cinfo.instanceCount) + HEADROOM))()
+        ccount = ctypes.c_uint(len(cbuf))
+        _, err = _try(nv, nv.nvmlGpuInstanceGetComputeInstances, gi, cinfo.id, cbuf, ctypes.byref(ccount))
+        if err:
+            continue
+        for k in range(min(ccount.value, len(cbuf))):
+            ci, err = _try(nv, nv.nvmlComputeInstanceGetInfo, cbuf[k])
+            if not err:
+                out.append({"id": int(ci.id), "profile_enum": enum, "profile_id": int(ci.profileId),
+                            "placement": [int(ci.placement.start), int(ci.placement.size)]})
+    return out
+
+
 def _instances(nv: Any, h: Any, profiles: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for p in profiles:
         if "id" not in p or not p.get("instanceCount"):
             continue
-        buf = (nv.c_nvmlGpuInstance_t * p["instanceCount"])()
-        count = ctypes.c_uint(0)
+        buf = (nv.c_nvmlGpuInstance_t * (p["instanceCount"] + HEADROOM))()
+        count = ctypes.c_uint(len(buf))
         _, err = _try(nv, nv.nvmlDeviceGetGpuInstances, h, p["id"], buf, ctypes.byref(count))
         if err:
             continue
-        for i in range(count.value):
+        for i in range(min(count.value, len(buf))):
             info, err = _try(nv, nv.nvmlGpuInstanceGetInfo, buf[i])
             if err:
                 out.append({"error": err})
@@ -115,25 +151,6 @@ def _instances(nv: Any, h: Any, profiles: list[dict[str, Any]]) -> list[dict[str
             out.append({"id": int(info.id), "profile_id": int(info.profileId),
                         "placement": [int(info.placement.start), int(info.placement.size)],
                         "compute_instances": _compute_instances(nv, buf[i])})
-    return out
-
-
-def _compute_instances(nv: Any, gi: Any) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for enum in range(nv.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
-        cinfo, err = _try(nv, nv.nvmlGpuInstanceGetComputeInstanceProfileInfo, gi, enum, nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
-        if err or not cinfo.instanceCount:
-            continue
-        cbuf = (nv.c_nvmlComputeInstance_t * int(cinfo.instanceCount))()
-        ccount = ctypes.c_uint(0)
-        _, err = _try(nv, nv.nvmlGpuInstanceGetComputeInstances, gi, cinfo.id, cbuf, ctypes.byref(ccount))
-        if err:
-            continue
-        for k in range(ccount.value):
-            ci, err = _try(nv, nv.nvmlComputeInstanceGetInfo, cbuf[k])
-            if not err:
-                out.append({"id": int(ci.id), "profile_enum": enum, "profile_id": int(ci.profileId),
-                            "placement": [int(ci.placement.start), int(ci.placement.size)]})
     return out
 
 

@@ -93,3 +93,19 @@ def _throwaway_node_root(tmp_path_factory, monkeypatch) -> None:
     # nor talk to this machine's system manager (a daemon-reload after
     # `apply -c`): tests that want systemd use the systemd_user fixture's bus
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={root}/no-system-bus")
+
+
+@pytest.fixture(params=["sim", "nvml"])
+def both_backends(request):
+    """Run the test once per GPU backend (tests/apply_helpers.py): the
+    simulator, and the real NVML backend through nvidia-ml-py and the NVML
+    stand-in on the same simulated node. Use it with
+    ``pytestmark = pytest.mark.usefixtures("both_backends")``."""
+    import apply_helpers
+
+    apply_helpers.BACKEND[0] = request.param
+    try:
+        yield request.param
+    finally:
+        apply_helpers.BACKEND[0] = "sim"
+        apply_helpers.close_backends()

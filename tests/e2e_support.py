@@ -30,6 +30,8 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apply_helpers import backend_env
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 SERVICE = "nvidia-mig-manager.service"
@@ -160,7 +162,7 @@ class Node:
         return {
             **self.bus_env,
             "PYTHONPATH": str(REPO),
-            "MIGMANAGERD_BACKEND": "sim",
+            **backend_env(),  # sim, or NVML through the stand-in (apply_helpers.BACKEND)
             "MIGMANAGERD_SIM_STATE": str(self.sim_state),
             "MIGMANAGERD_ROOT": str(self.root),
             "MIGMANAGERD_DROPIN": str(self.dropin),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from apply_helpers import use_backend_env
+
 from migmanagerd.gpu.sim import init_node
 from migmanagerd.service.paths import NodePaths
 
@@ -23,7 +25,7 @@ def sim_node_root(tmp_path: Path, monkeypatch, *, spec: str = "2xA100-SXM4-40GB"
     state = tmp_path / "sim.json"
     init_node(state, spec)
     monkeypatch.setenv("MIGMANAGERD_ROOT", str(root))
-    monkeypatch.setenv("MIGMANAGERD_BACKEND", "sim")
+    use_backend_env(monkeypatch)  # sim, or NVML through the stand-in (apply_helpers.BACKEND)
     monkeypatch.setenv("MIGMANAGERD_SIM_STATE", str(state))
     for var in ("MIG_PARTED_SELECTED_CONFIG", "MIG_PARTED_CONFIG_FILE", "MIG_PARTED_HOOKS_FILE"):
         monkeypatch.delenv(var, raising=False)

@@ -22,6 +22,8 @@ from migmanagerd.apply import report as R
 from migmanagerd.errors import UsageError
 from migmanagerd.spec.config import parse_config
 
+pytestmark = pytest.mark.usefixtures("both_backends")  # sim, and NVML through the stand-in
+
 # Which of config/config.yaml's configs fit each node (every GPU they select).
 # Written out so a catalog or planner regression that rejects a good config
 # (or accepts a bad one) fails here.

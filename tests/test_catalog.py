@@ -10,6 +10,7 @@ import yaml
 from vectors import VECTORS, needs_vectors
 
 from migmanagerd.catalog.load import CatalogError, load_catalog, parse_catalog
+from migmanagerd.planner.placement import plan_gpu
 from migmanagerd.spec.profile import MigProfile
 
 CATALOG = load_catalog()
@@ -206,3 +207,25 @@ def test_every_config_default_profile_is_in_an_admitted_model():
             assert any(m.gi_profile(gi) for m in admitted), f"{name} entry {i}: {prof}"
             checked += 1
     assert checked > 60
+
+
+def test_gb200_pre_production_names_are_former_names_of_its_profiles():
+    """mig-parted's 3g.95gb/4g.95gb/7g.189gb were GB200's pre-production names
+    (renamed in its PR #228, ids unchanged): no "GB200-189GB" SKU carries them."""
+    gb200 = CATALOG.get("GB200")
+    assert CATALOG.get("GB200-189GB") is None
+    for old, now in (("1g.24gb", "1g.23gb"), ("3g.95gb", "3g.93gb"), ("4g.95gb", "4g.93gb"), ("7g.189gb", "7g.186gb")):
+        assert gb200.gi_profile(old) is gb200.gi_profile(now), old
+        if old != "1g.24gb":  # a real name on other models
+            assert [m.name for m in MODELS if m.gi_profile(old)] == ["GB200"], old
+    plan = plan_gpu(gb200, [], [(MigProfile.parse("3g.95gb"), 2)])
+    assert [d.profile for d in plan.create] == ["3g.93gb", "3g.93gb"]
+
+
+def test_rtx_pro_6000_editions_and_a100_pcie_ids():
+    for pci in (0x2BB5, 0x2BB1, 0x2BB4):
+        assert CATALOG.for_device((pci << 16) | 0x10DE, "").name == "RTX-PRO-6000-Blackwell", hex(pci)
+    for pci in (0x20B1, 0x20F6):
+        assert CATALOG.for_device((pci << 16) | 0x10DE, "").name == "A100-SXM4-40GB", hex(pci)
+    model = CATALOG.find("NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition")
+    assert model is not None and model.name == "RTX-PRO-6000-Blackwell"

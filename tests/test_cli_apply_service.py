@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from node_root import sim_node_root
 
 from migmanagerd.cli.main import main
 from migmanagerd.service.paths import NodePaths
 from migmanagerd.service.selector import read_selector
 from migmanagerd.service.state import StateStore
+
+pytestmark = pytest.mark.usefixtures("both_backends")  # sim, and NVML through the stand-in
 
 
 def _node(tmp_path, monkeypatch) -> tuple[NodePaths, Path]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from e2e_support import REPO, SERVICE, TARGET, WAIT_S, Node, client_unit, service_argv
 
 CLIENT_DCGM = "dcgm-e2e.service"  # After=nvidia-gpu-reset.target, as DCGM is
@@ -19,6 +20,8 @@ CLIENT_MONITOR = "monitor-e2e.service"  # not ordered after the target (a node e
 CLIENT_KUBELET = "kubelet-e2e.service"  # After=nvidia-gpu-reset.target, as kubelet is
 CLIENTS = (CLIENT_DCGM, CLIENT_MONITOR, CLIENT_KUBELET)
 FAKE_REBOOT = "fake-reboot.service"
+
+pytestmark = pytest.mark.usefixtures("both_backends")  # the unit on sim, and on NVML through the stand-in
 
 
 class Box:

@@ -330,3 +330,20 @@ def test_status_lists_and_marks_busy_devices(node: Node, capsys) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=WAIT_S)
+
+
+def test_request_reads_its_files_as_the_boot_does(node: Node, capsys, tmp_path: Path) -> None:
+    """A request runs hooks and decides layouts as root: a dangling hooks
+    link or a geometries file others may write is refused, nothing changes."""
+    before = node.devices(0)
+    dangling = tmp_path / "hooks-link.yaml"
+    dangling.symlink_to(tmp_path / "missing.yaml")
+    assert main(["request", "--count", "1", "--memory", "8000", "--owner", "j", "-k", str(dangling)]) == 2
+    assert "hooks-link.yaml" in capsys.readouterr().err
+    loose = tmp_path / "loose.yaml"
+    loose.write_text(HAMI_A100)
+    loose.chmod(0o666)
+    assert main(["request", "--count", "1", "--memory", "8000", "--owner", "j", "--geometries", str(loose)]) == 2
+    assert "loose.yaml" in capsys.readouterr().err
+    assert node.devices(0) == before
+    assert node.leases.get("leases", []) == []

@@ -176,10 +176,11 @@ def test_unreadable_file_does_not_raise(store: StateStore, paths: NodePaths) -> 
 def test_permission_denied_is_reported_but_not_moved(store: StateStore, paths: NodePaths, monkeypatch) -> None:
     store.save(State(selected_config="x"))
 
-    def denied(self, *a, **k):
-        raise PermissionError(13, "Permission denied", str(self))
+    def denied(path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(Path, "read_text", denied)
+    # as a non-root `status` meets a 0600 root file (root itself is never denied)
+    monkeypatch.setattr("migmanagerd.service.state.read_own_file", denied)
     r = store.load()
     monkeypatch.undo()
     assert r.state == State()

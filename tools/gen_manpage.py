@@ -70,6 +70,13 @@ ENVIRONMENT = {
         "for example create_gi=0.2,reset=2.",
     "MIGMANAGERD_SIM_FAULTS":
         "sim backend: fault injection, comma-separated rules OP[@GPU]:N (fail the Nth call) or OP[@GPU]:*.",
+    "MIGMANAGERD_NVML_STANDIN":
+        "sim: the nvml backend runs through nvidia-ml-py on the simulated node of MIGMANAGERD_SIM_STATE "
+        "instead of the NVIDIA driver (the NVML stand-in; docs/nvml-standin.md).",
+    "MIGMANAGERD_NVML_STANDIN_STRICT": "NVML stand-in: 1 makes every *count argument the buffer's capacity.",
+    "MIGMANAGERD_NVML_STANDIN_BUSY":
+        "NVML stand-in: comma-separated GPU indexes whose MIG mode change answers IN_USE (left pending).",
+    "MIGMANAGERD_NVIDIA_SMI": "nvidia-smi used by the nvml backend to reset GPUs (default: nvidia-smi on PATH).",
     "MIGMANAGERD_ROOT":
         "Prefix for every node path (/etc, /var/lib, the drop-in, the boot id), so tests and demos "
         "can run the service on a throwaway root.",

@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 _PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -86,13 +86,13 @@ def render_config_file(configs: Sequence[ConfigText], header: str | None = None)
     return "\n".join(lines) + "\n"
 
 
-def config_json(configs: Sequence[ConfigText]) -> dict:
+def config_json(configs: Sequence[ConfigText]) -> dict[str, Any]:
     """The same configs as nvidia-mig-parted's JSON spelling of a v1 file."""
-    out: dict = {}
+    out: dict[str, Any] = {}
     for config in configs:
         items = []
         for e in config.entries:
-            item: dict = {}
+            item: dict[str, Any] = {}
             if e.device_filters:
                 item["device-filter"] = [f"0x{f:08X}" for f in e.device_filters]
             item["devices"] = "all" if e.devices == "all" else list(e.devices)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from migmanagerd.errors import EXIT_FAILED, EXIT_OK
 
@@ -55,7 +56,7 @@ class GpuResult:
             line += f"; rollback: {self.rollback_error}"
         return line
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "index": self.index,
             "status": self.status,
@@ -126,7 +127,7 @@ class ApplyReport(_PerGpu):
         bad = ", ".join(f"GPU {r.index} {r.status}" for r in self.gpus if not r.ok)
         return f"config '{self.config}' not fully applied: {bad}"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "config": self.config,
             "exit_code": self.exit_code,

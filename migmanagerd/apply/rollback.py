@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from migmanagerd.errors import MigManagerError
 from migmanagerd.gpu.backend import Backend, BackendError, ComputeInstance, GpuInstance
 
 
@@ -135,9 +136,25 @@ class GpuWriter:
         return out
 
     def set_mode(self, enabled: bool, previous: bool) -> None:
-        self.backend.set_mig_mode(self.index, enabled)
+        # Journaled BEFORE the call: a driver may record the change as pending
+        # and still answer with an error (IN_USE, NOT_SUPPORTED); undo must
+        # then set it back, or it applies at the next reboot behind our back.
+        step = _SetMode(previous)
+        self._journal.append(step)
+        try:
+            self.backend.set_mig_mode(self.index, enabled)
+        except Exception:  # re-raised: only decides whether the journal keeps the step
+            if not self._mode_pending_is(enabled):
+                self._journal.remove(step)  # nothing recorded: nothing to undo
+            raise
         self.ops["set_mode"] += 1
-        self._journal.append(_SetMode(previous))
+
+    def _mode_pending_is(self, enabled: bool) -> bool:
+        """Whether the GPU now has ``enabled`` pending; True when unknown (undo is harmless)."""
+        try:
+            return self.backend.mig_mode(self.index).pending == enabled
+        except MigManagerError:  # unreadable: keep the step, undo re-sets the old mode
+            return True
 
     def record_reset(self) -> None:
         """The engine resets several GPUs in one call; each GPU's writer notes it."""

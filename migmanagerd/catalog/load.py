@@ -154,7 +154,10 @@ def _parse_pci_id(key: str) -> int | None:
 def load_catalog() -> Catalog:
     """The shipped catalog, parsed and checked once per process."""
     text = resources.files("migmanagerd.catalog").joinpath(DATA_FILE).read_text(encoding="utf-8")
-    return parse_catalog(yaml.safe_load(text))
+    # package data, not an operator's file: libyaml's loader (about ten times
+    # faster than the pure-Python one) is safe to use whole here
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return parse_catalog(yaml.load(text, Loader=loader))  # noqa: S506 - a safe loader
 
 
 def parse_catalog(data: Any) -> Catalog:
@@ -313,7 +316,22 @@ def _build_gi(
         ci_profiles=tuple(cis),
         confirmed=bool(spec.get("confirmed", model_confirmed)),
         notes=str(spec.get("notes") or ""),
+        former_names=_former_names(spec, name, where),
     )
+
+
+def _former_names(spec: Mapping[str, Any], name: str, where: str) -> tuple[str, ...]:
+    out = []
+    for raw in spec.get("formerly") or ():
+        text = str(raw)
+        try:
+            parsed = MigProfile.parse(text)
+        except ProfileNameError as exc:
+            raise CatalogError(f"{where}: profile {name}: formerly: {exc}") from None
+        if str(parsed) != text or not parsed.is_full_gi or parsed.gpu_slices != MigProfile.parse(name).gpu_slices:
+            raise CatalogError(f"{where}: profile {name}: formerly {text!r} is not a GPU-instance name of the same slices")
+        out.append(text)
+    return tuple(out)
 
 
 def _check_catalog(models: tuple[GpuModel, ...]) -> None:
@@ -350,6 +368,9 @@ def _check_model_ids(m: GpuModel, where: str) -> None:
         values = [getattr(p, attr) for p in m.gi_profiles]
         if len(set(values)) != len(values):
             raise CatalogError(f"{where}: GI profile {attr}s are not unique: {values}")
+    every_name = [p.name for p in m.gi_profiles] + [f for p in m.gi_profiles for f in p.former_names]
+    if len(set(every_name)) != len(every_name):
+        raise CatalogError(f"{where}: a former profile name is also another profile's name")
     selectors = [p.selector for p in m.gi_profiles]
     if len(set(selectors)) != len(selectors):
         raise CatalogError(f"{where}: two GI profiles share an NVML selector")

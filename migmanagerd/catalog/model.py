@@ -62,6 +62,9 @@ class GiProfile:
     ci_profiles: tuple[CiProfile, ...] = ()
     confirmed: bool = True  # False: inferred, see the data file's notes
     notes: str = ""
+    # earlier names of this profile (same device id), e.g. pre-production
+    # names configs still use; accepted and read as this profile
+    former_names: tuple[str, ...] = ()
 
     def placement(self, start: int) -> Placement:
         return Placement(start, self.memory_slices)
@@ -104,8 +107,12 @@ class GpuModel:
     mig_mode_needs_reset: bool = True
 
     def gi_profile(self, name: str) -> GiProfile | None:
+        """The profile by its name, or by a former name (``former_names``)."""
         for p in self.gi_profiles:
             if p.name == name:
+                return p
+        for p in self.gi_profiles:
+            if name in p.former_names:
                 return p
         return None
 

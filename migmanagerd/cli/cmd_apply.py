@@ -15,7 +15,7 @@ from migmanagerd.service.run import ServiceRun
 from migmanagerd.spec.config import STDIN_PATH
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "apply",
         help="apply the selected MIG config to this node (hooks and GPU clients included)",

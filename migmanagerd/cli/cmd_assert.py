@@ -10,7 +10,7 @@ from migmanagerd.cli.selection import load_selection, open_engine
 from migmanagerd.errors import EXIT_FAILED, EXIT_OK
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "assert",
         help="check that the selected MIG config is applied",

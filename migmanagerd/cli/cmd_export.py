@@ -16,7 +16,7 @@ from migmanagerd.log import get_logger
 log = get_logger("export")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "export",
         help="print this node's MIG layout as a config (or JSON)",

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from migmanagerd.apply.configtext import config_json, render_config_file
+from migmanagerd.catalog.model import GpuModel
 from migmanagerd.cli.common import add_backend, add_debug, add_output_format
 from migmanagerd.cli.selection import open_engine
 from migmanagerd.errors import EXIT_OK, UsageError
@@ -17,7 +18,7 @@ from migmanagerd.log import get_logger
 log = get_logger("generate-config")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "generate-config",
         help="write a config for the GPU models in this node",
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _models(args: argparse.Namespace):
+def _models(args: argparse.Namespace) -> list[GpuModel]:
     if args.model:
         from migmanagerd.catalog.load import load_catalog
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from migmanagerd.apply.nodeplan import NodePlan
 from migmanagerd.cli.common import add_backend, add_config_file, add_debug, add_mode_only, add_selected_config
 from migmanagerd.cli.persisted_args import fill_from_persisted
 from migmanagerd.cli.picture import add_picture_options, picture_wanted
@@ -83,6 +84,21 @@ def _changes(r: GpuPlan) -> list[str]:
     return parts
 
 
+def inferred_plan_notes(plan: NodePlan) -> list[str]:
+    """A note per GPU whose target layout uses profiles the catalog flags ``confirmed: false``."""
+    from migmanagerd.catalog.load import load_catalog
+    from migmanagerd.planner.certainty import inferred_profiles, note
+
+    catalog = load_catalog()
+    lines = []
+    for e in plan.gpus:
+        model = catalog.get(e.model) if e.selected and e.feasible and not e.mode_only else None
+        names = inferred_profiles(model, (p for p, _ in e.target_devices)) if model is not None else ()
+        if model is not None and names:
+            lines.append(note(f"GPU {e.index}", model, names))
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     persisted = fill_from_persisted(args)
     _, config = load_selection(args, fallback=lambda: persisted.fallback)
@@ -97,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(json.dumps(plan_json(plan), indent=2))
     else:
-        for line in format_plan(plan):
+        for line in format_plan(plan) + inferred_plan_notes(plan):
             print(line)
         if picture_wanted(args):
             from migmanagerd.cli.picture import draw, plan_rows, use_color

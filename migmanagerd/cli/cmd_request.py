@@ -17,7 +17,13 @@ from migmanagerd.apply.observe import NodeState
 from migmanagerd.cli.common import add_backend, add_config_file, add_debug, add_hooks_file
 from migmanagerd.cli.picture import add_picture_options, picture_wanted
 from migmanagerd.errors import MigManagerError, UsageError
-from migmanagerd.ondemand.geometries import DEVICE_CONFIG_NAME, AllowedGeometries, default_path, load_geometries
+from migmanagerd.ondemand.geometries import (
+    DEVICE_CONFIG_NAME,
+    AllowedGeometries,
+    default_path,
+    load_geometries,
+    load_trusted_geometries,
+)
 from migmanagerd.ondemand.leases import caller_owner
 from migmanagerd.ondemand.request import BINPACK, POLICIES, Request
 from migmanagerd.ondemand.serve import HookCalls, OnDemand, Served
@@ -71,11 +77,9 @@ def allowed_geometries(args: argparse.Namespace, paths: NodePaths) -> AllowedGeo
         candidate = default_path(Path(getattr(args, "config_file", None) or paths.config_file))
         if candidate.exists():
             path = str(candidate)
-    if path is not None:
-        from migmanagerd.spec.trust import check_trusted
-
-        check_trusted(path, "geometries file")  # it decides layouts, as config.yaml does
-    return load_geometries(path)
+    if path is None:
+        return load_geometries(None)
+    return load_trusted_geometries(path)  # it decides layouts, as config.yaml does
 
 
 def open_ondemand(args: argparse.Namespace, paths: NodePaths | None = None) -> OnDemand:
@@ -115,17 +119,13 @@ def _dropin_selection(paths: NodePaths) -> str:
 
 def hook_calls(args: argparse.Namespace, paths: NodePaths, owner: str) -> HookCalls:
     from migmanagerd.hooks.runner import HookRunner, hook_env
-    from migmanagerd.spec.hooks import load_hooks
-    from migmanagerd.spec.trust import check_trusted
-    from migmanagerd.spec.types import HooksFile
+    from migmanagerd.service.inputs import load_trusted_hooks
 
     path = args.hooks_file
-    if path is None and paths.hooks_file.exists():
-        path = str(paths.hooks_file)
-    hooks = HooksFile(path="", hooks={})
-    if path is not None:
-        check_trusted(path, "hooks file")
-        hooks = load_hooks(path)
+    # the boot's own rules: one checked descriptor, and a broken link is an error
+    hooks = load_trusted_hooks(path, paths.hooks_file)
+    if path is None and hooks.path:
+        path = hooks.path
     config_file = args.config_file or str(paths.config_file)
     selected = os.environ.get("MIG_PARTED_SELECTED_CONFIG") or _dropin_selection(paths)
 

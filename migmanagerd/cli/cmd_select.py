@@ -12,7 +12,7 @@ from migmanagerd.log import get_logger
 log = get_logger("select")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "select",
         help="persist the selected config for every boot (writes the unit's drop-in)",

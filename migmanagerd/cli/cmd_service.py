@@ -14,6 +14,8 @@ from migmanagerd.cli.common import (
     add_selected_config,
     env_flag,
 )
+from migmanagerd.service.run import ServiceOptions
+from migmanagerd.spec.limits import timeout_problem
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -47,14 +49,14 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds (--hook-timeout or MIGMANAGERD_HOOK_TIMEOUT)") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"'{text}': seconds must be a positive number (--hook-timeout or MIGMANAGERD_HOOK_TIMEOUT)")
+    problem = timeout_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"'{text}': {problem} (--hook-timeout or MIGMANAGERD_HOOK_TIMEOUT)")
     return value
 
 
-def options_from_args(args: argparse.Namespace, *, persist_selection: bool):
+def options_from_args(args: argparse.Namespace, *, persist_selection: bool) -> ServiceOptions:
     from migmanagerd.cli.persisted_args import fill_from_persisted
-    from migmanagerd.service.run import ServiceOptions
 
     # without -c/-f/-k: what the unit would use (its drop-in), not just the defaults
     persisted = fill_from_persisted(args)
@@ -72,7 +74,7 @@ def options_from_args(args: argparse.Namespace, *, persist_selection: bool):
     )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "service",
         help="converge the node to the selected config (run by nvidia-mig-manager.service)",

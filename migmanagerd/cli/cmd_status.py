@@ -9,6 +9,7 @@ from typing import Any
 from migmanagerd.cli.common import add_backend, add_config_file, add_debug
 from migmanagerd.cli.picture import add_picture_options
 from migmanagerd.errors import MigManagerError
+from migmanagerd.log import escape_controls
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -171,7 +172,8 @@ def render(doc: dict[str, Any]) -> str:
         inst = ", ".join(f"{i['profile']}@{i['start']}" for i in g["instances"]) or "-"
         out.append(f"{g['index']:<4} {str(g['model'] or '?'):<18} {mode:<9} {inst}")
     out.extend(lease_lines(doc.get("leases") or []))
-    return "\n".join(out)
+    # names come from the drop-in, state.json and -c: never print their control characters raw
+    return "\n".join(map(escape_controls, out))
 
 
 def _gpu_result_lines(gpus: dict[str, Any]) -> list[str]:

@@ -24,6 +24,7 @@ from migmanagerd.cli.common import add_config_file, add_debug, add_hooks_file
 from migmanagerd.cli.persisted_args import fill_from_persisted
 from migmanagerd.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from migmanagerd.log import get_logger
+from migmanagerd.planner.certainty import inferred_profiles, note
 from migmanagerd.planner.node import admits, fits_model, missing_indices
 from migmanagerd.spec.config import load_config
 from migmanagerd.spec.hooks import load_hooks
@@ -33,7 +34,7 @@ from migmanagerd.spec.types import ConfigEntry, ConfigFile, MigConfig
 log = get_logger("validate")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "validate",
         help="check a config (and hooks) file against the MIG geometry catalog",
@@ -95,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         what = f"config '{args.selected_config}'" if args.selected_config else f"{len(configs)} configs"
         hooks = f"; {args.hooks_file}: valid" if args.hooks_file else ""
         print(f"{config_file.path}: {what} valid{hooks}")
+        for line in (n for c in configs for n in inferred_notes(c, catalog)):
+            print(line)
         return EXIT_OK
 
     verdicts = [verdict(c, m) for c in configs for m in models]
@@ -170,7 +173,24 @@ def verdict(config: MigConfig, model: GpuModel) -> Verdict:
         reason = entry_fits(e, model)
         if reason is not None:
             return Verdict(config.name, model.name, "no", f"entry {e.position} (line {e.loc.line}): {reason}")
+    inferred = inferred_profiles(model, (p for e in applying for p, _ in e.mig_devices))
+    if inferred:
+        return Verdict(config.name, model.name, "fits", f"on unconfirmed placements (catalog confirmed: false): {', '.join(inferred)}")
     return Verdict(config.name, model.name, "fits")
+
+
+def inferred_notes(config: MigConfig, catalog: Catalog) -> list[str]:
+    """One note per entry and model it fits only on profiles the catalog flags ``confirmed: false``."""
+    lines = []
+    for e in config.entries:
+        if not e.mig_enabled or not e.mig_devices:
+            continue
+        for m in catalog.models:
+            if admits(e, m) and entry_fits(e, m) is None:
+                names = inferred_profiles(m, (p for p, _ in e.mig_devices))
+                if names:
+                    lines.append(note(e.where, m, names))
+    return lines
 
 
 def config_errors(config: MigConfig, catalog: Catalog) -> list[str]:

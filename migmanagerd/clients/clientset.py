@@ -25,12 +25,12 @@ from pathlib import Path
 from migmanagerd.default_paths import DEFAULT_CLIENTS_FILE
 from migmanagerd.errors import SourceLocation, SpecError
 from migmanagerd.spec.config import check_version
+from migmanagerd.spec.limits import require_timeout
 from migmanagerd.spec.source import (
     YNode,
     check_keys,
     load_yaml_file,
     load_yaml_text,
-    require_int,
     require_seq,
     require_str,
 )
@@ -139,7 +139,7 @@ def _build(root: YNode, filename: str) -> ClientsFile:
 def _timeout(items: dict[str, YNode], key: str) -> int:
     if key not in items:
         return DEFAULT_TIMEOUT_S
-    return require_int(items[key], minimum=1, field=key)
+    return require_timeout(items[key], field=key)
 
 
 def _choice(node: YNode, allowed: tuple[str, ...], *, field: str, context: str | None = None) -> str:

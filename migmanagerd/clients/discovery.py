@@ -7,8 +7,9 @@ apply never fails half way on a busy GPU. Holders in an unlisted unit are
 either refused (``discover: refuse``, the default) or added to the units to
 stop (``discover: stop``). A holder that is not in a service unit (a shell
 user's process lives in a ``session-N.scope``, PID 1's children in
-``init.scope``) is always refused, with its PID and command line: only an
-operator can decide to end someone's session.
+``init.scope``), or that runs in a user's own manager (``user@UID.service``),
+is always refused, with its PID and command line: only an operator can decide
+to end someone's session.
 
 ``GpuBusy`` exits 1 ("not applied"): the config is valid, the node is busy;
 the same command succeeds once the processes are gone.
@@ -115,7 +116,7 @@ def check_holders(holders: Iterable[GpuHolder], listed_units: Iterable[str], dis
     for holder in holders:
         if holder.unit in listed:
             continue
-        if holder.unit is None or not holder.unit.endswith(".service"):
+        if holder.unit is None or not holder.unit.endswith(".service") or is_user_manager(holder.unit):
             unstoppable = True
             refused.append(holder)
         elif discover == "stop":
@@ -131,6 +132,14 @@ def check_holders(holders: Iterable[GpuHolder], listed_units: Iterable[str], dis
             hint = "List these units in clients.yaml, or set 'discover: stop' there to stop them too"
         raise GpuBusy(refused, hint)
     return tuple(extra)
+
+
+def is_user_manager(unit: str) -> bool:
+    """``user@UID.service`` is a user's whole systemd manager (every service
+    and app of that user runs under it); ``user-runtime-dir@UID.service`` owns
+    their /run/user. Stopping either ends a person's session: refused like a
+    session scope, never discovered as a client to stop."""
+    return unit.startswith(("user@", "user-runtime-dir@")) and unit.endswith(".service")
 
 
 def read_cmdline(pid: int, proc_root: Path = Path("/proc")) -> str | None:

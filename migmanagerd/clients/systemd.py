@@ -146,9 +146,11 @@ class SystemdManager:
         if self._subscription is not None:
             self._subscription.unsubscribe()
             self._subscription = None
+        from gi.repository import GLib
+
         try:
             self._con.close_sync(None)
-        except Exception:  # already closed by the peer: nothing left to release
+        except GLib.Error:  # already closed by the peer: nothing left to release
             pass
 
     def __enter__(self) -> SystemdManager:
@@ -281,7 +283,7 @@ class SystemdManager:
             signal_fired=self._on_job_removed,
         )
 
-    def _on_job_removed(self, sender: str, obj: str, iface: str, signal: str, params: tuple) -> None:
+    def _on_job_removed(self, sender: str, obj: str, iface: str, signal: str, params: tuple[Any, ...]) -> None:
         _job_id, job, _unit, result = params
         if str(job) not in self._watched:
             return
@@ -335,7 +337,7 @@ class SystemdManager:
         (path,) = self._unit_call("LoadUnit", name, GLib.Variant("(s)", (name,)), "(o)", "load")
         return str(path)
 
-    def _unit_call(self, method: str, unit: str, params: Any, reply: str | None, action: str) -> tuple:
+    def _unit_call(self, method: str, unit: str, params: Any, reply: str | None, action: str) -> tuple[Any, ...]:
         try:
             return self._manager_call(method, params, reply, what=f"{action} unit {unit}")
         except _RemoteError as exc:
@@ -349,7 +351,8 @@ class SystemdManager:
         from gi.repository import GLib
 
         (props,) = self._call(path, PROPS_IFACE, "GetAll", GLib.Variant("(s)", (iface,)), "(a{sv})", f"read properties of unit {unit}")
-        return props
+        properties: dict[str, Any] = props
+        return properties
 
     def _get(self, path: str, iface: str, prop: str, what: str) -> Any:
         from gi.repository import GLib
@@ -357,7 +360,7 @@ class SystemdManager:
         (value,) = self._call(path, PROPS_IFACE, "Get", GLib.Variant("(ss)", (iface, prop)), "(v)", f"read {prop} of {what}")
         return value
 
-    def _manager_call(self, method: str, params: Any, reply: str | None, *, what: str, timeout_s: float | None = None) -> tuple:
+    def _manager_call(self, method: str, params: Any, reply: str | None, *, what: str, timeout_s: float | None = None) -> tuple[Any, ...]:
         return self._call(MANAGER_PATH, MANAGER_IFACE, method, params, reply, what, timeout_s=timeout_s, raw_remote=True)
 
     def _call(
@@ -371,7 +374,7 @@ class SystemdManager:
         *,
         timeout_s: float | None = None,
         raw_remote: bool = False,
-    ) -> tuple:
+    ) -> tuple[Any, ...]:
         """One method call. Remote errors are re-raised as ``_RemoteError``
         when ``raw_remote`` (so callers can map systemd's error names), else
         turned into typed errors here."""

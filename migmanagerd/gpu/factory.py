@@ -26,6 +26,10 @@ def open_backend(name: str | None = None) -> Backend:
         from migmanagerd.gpu.sim import SimBackend
 
         return SimBackend()
+    from migmanagerd.gpu import nvml_standin
     from migmanagerd.gpu.nvml import NvmlBackend
 
+    if nvml_standin.enabled():  # the real NVML code path on a simulated node
+        lib = nvml_standin.ensure_installed()
+        return NvmlBackend(nvidia_smi=nvml_standin.nvidia_smi_argv(lib), sysfs_root=nvml_standin.sysfs_root(lib))
     return NvmlBackend()

@@ -12,9 +12,21 @@ NVML facts used here (nvml.h; docs/mig-geometry.md, section 3):
 * GPU instances are created with an explicit placement
   (``nvmlDeviceCreateGpuInstanceWithPlacement``) that was first checked
   against ``nvmlDeviceGetGpuInstancePossiblePlacements``: never by trial.
-* ``nvmlDeviceSetMigMode`` returns an activation status: ``IN_USE`` when the
-  GPU was busy (the change is pending), ``RESET_REQUIRED`` where the GPU
-  cannot be reset (a VM: a reboot applies it).
+* ``nvmlDeviceSetMigMode`` returns an activation status (``IN_USE`` when
+  processes or monitoring agents hold the GPU, ``NOT_SUPPORTED`` or
+  ``RESET_REQUIRED`` where it cannot be reset), and in every one of those the
+  change is left *pending*. The status is only logged: the engine decides
+  reset or reboot from ``mig_mode()`` and ``reset_available()``, as
+  mig-parted does.
+* Profiles are enumerated until NVML answers INVALID_ARGUMENT, never up to
+  the bindings' ``*_PROFILE_COUNT`` (0xA in nvidia-ml-py 12.5xx, 0x12 in
+  13.x: an old package would hide the newer profiles).
+* Instance lists pass ``*count`` = the buffer's length, with headroom over
+  the profile's instance count (A30 reports too few), which is right whether
+  the driver reads ``*count`` as capacity or ignores it.
+* A reset runs with NVML shut down in this process (nvidia-smi refuses while
+  any NVML client is open), all GPUs in one ``nvidia-smi -r -i BUS,BUS`` call
+  (NVLink-connected GPUs must go together), then NVML is initialised again.
 * Handles become invalid on reset, so none is kept across operations.
 """
 
@@ -44,6 +56,11 @@ from migmanagerd.log import get_logger
 log = get_logger("gpu.nvml")
 
 DEFAULT_RESET_TIMEOUT_S = 120.0
+NVIDIA_SMI_ENV = "MIGMANAGERD_NVIDIA_SMI"  # the nvidia-smi used for resets
+# Bounds on "ask until INVALID_ARGUMENT" so a driver that never says so cannot loop us.
+MAX_GI_SELECTORS = 256
+MAX_CI_PROFILES = 64
+LIST_HEADROOM = 8
 
 # One nvmlInit per process, however many backends are opened; the last
 # close() shuts NVML down (NVML itself reference-counts nvmlInit the same way).
@@ -101,18 +118,21 @@ class NvmlBackend:
         self,
         *,
         sysfs_root: str | os.PathLike[str] = "/sys",
-        nvidia_smi: str = "nvidia-smi",
+        nvidia_smi: str | Sequence[str] | None = None,
         reset_timeout_s: float = DEFAULT_RESET_TIMEOUT_S,
         nvml: ModuleType | None = None,
     ) -> None:
         if nvml is None:
             try:
-                import pynvml as nvml  # nvidia-ml-py; late so the sim never needs it
+                import pynvml  # nvidia-ml-py; late so the sim never needs it
             except ImportError as exc:
                 raise BackendError(None, "load NVML bindings", "LIBRARY_NOT_FOUND", f"nvidia-ml-py is not installed: {exc}") from None
-        self._nv = nvml
+            nvml = pynvml
+        self._nv: Any = nvml  # untyped bindings
         self._sysfs_root = Path(sysfs_root)
-        self._nvidia_smi = nvidia_smi
+        if nvidia_smi is None:
+            nvidia_smi = os.environ.get(NVIDIA_SMI_ENV) or "nvidia-smi"
+        self._nvidia_smi: tuple[str, ...] = (nvidia_smi,) if isinstance(nvidia_smi, str) else tuple(nvidia_smi)
         self._reset_timeout_s = reset_timeout_s
         self._lock = threading.Lock()
         self._gpu_locks: dict[int, threading.RLock] = {}
@@ -220,12 +240,14 @@ class NvmlBackend:
             nv = self._nv
             h = self._handle(index, "list GPU instance profiles")
             found: dict[int, GiProfileInfo] = {}
-            for selector in range(nv.NVML_GPU_INSTANCE_PROFILE_COUNT):
+            for selector in range(MAX_GI_SELECTORS):
                 try:
                     info = self._profile_info(h, selector)
                 except nv.NVMLError as exc:
-                    if self._is(exc, "NOT_SUPPORTED", "INVALID_ARGUMENT"):
-                        continue  # this GPU has no profile for that selector
+                    if self._is(exc, "INVALID_ARGUMENT"):
+                        break  # past the driver's last selector (nvml.h)
+                    if self._is(exc, "NOT_SUPPORTED"):
+                        continue  # this GPU has no profile for that selector (or MIG is off)
                     raise BackendError(index, f"get GPU instance profile (selector {selector})", self._code(exc.value), _detail(exc)) from None
                 found[int(info.id)] = GiProfileInfo(
                     selector=selector,
@@ -234,7 +256,8 @@ class NvmlBackend:
                     instance_count=int(info.instanceCount),
                     memory_mib=int(info.memorySizeMB),
                 )
-            self._profiles[index] = found
+            if found:  # nothing with MIG off: ask again once it is on
+                self._profiles[index] = found
             return found
 
     def _profile_info(self, handle: Any, selector: int) -> Any:
@@ -256,35 +279,50 @@ class NvmlBackend:
             if count.value == 0:
                 return ()
             buf = (nv.c_nvmlGpuInstancePlacement_t * count.value)()
+            count.value = len(buf)
             nv.nvmlDeviceGetGpuInstancePossiblePlacements(h, profile_id, buf, ctypes.byref(count))
         return tuple((int(buf[i].start), int(buf[i].size)) for i in range(count.value))
 
     def _gi_handles(self, index: int, h: Any) -> list[Any]:
         nv = self._nv
-        handles = []
+        handles: list[Any] = []
         for pid, info in sorted(self.gi_profiles(index).items()):
             if info.instance_count == 0:
                 continue
-            buf = (nv.c_nvmlGpuInstance_t * info.instance_count)()
-            count = ctypes.c_uint(0)
+            buf = (nv.c_nvmlGpuInstance_t * (info.instance_count + LIST_HEADROOM))()
+            count = ctypes.c_uint(len(buf))
             with self._call(index, f"list GPU instances of profile {pid}"):
                 nv.nvmlDeviceGetGpuInstances(h, pid, buf, ctypes.byref(count))
-            handles.extend(buf[i] for i in range(count.value))
+            handles.extend(buf[i] for i in range(min(count.value, len(buf))))
         return handles
 
     def _ci_profile_map(self, index: int, gi: Any) -> dict[int, tuple[int, int]]:
         """CI profile id as the GI knows it -> (NVML_COMPUTE_INSTANCE_PROFILE_* value, instance count)."""
         nv = self._nv
         out: dict[int, tuple[int, int]] = {}
-        for enum in range(nv.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
+        for enum in range(MAX_CI_PROFILES):
             try:
-                info = nv.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi, enum, nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+                info = self._ci_profile_info(gi, enum)
             except nv.NVMLError as exc:
-                if self._is(exc, "NOT_SUPPORTED", "INVALID_ARGUMENT"):
+                if self._is(exc, "INVALID_ARGUMENT"):
+                    break  # past the driver's last CI profile
+                if self._is(exc, "NOT_SUPPORTED"):
                     continue
                 raise BackendError(index, f"get compute instance profile {enum}", self._code(exc.value), _detail(exc)) from None
-            out[int(info.id)] = (enum, int(info.instanceCount))
+            # Recent drivers add profiles 7/8 beside the ordinary ones; the
+            # first enum that names an id is the one instances are made with.
+            out.setdefault(int(info.id), (enum, int(info.instanceCount)))
         return out
+
+    def _ci_profile_info(self, gi: Any, enum: int) -> Any:
+        nv = self._nv
+        shared = nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED
+        try:
+            return nv.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi, enum, shared)
+        except nv.NVMLError as exc:
+            if self._is(exc, "FUNCTION_NOT_FOUND"):  # a driver without the V call
+                return nv.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi, enum, shared, version=1)
+            raise
 
     def _mig_uuids(self, index: int, h: Any) -> dict[tuple[int, int], str]:
         """(GI id, CI id) -> MIG device UUID."""
@@ -320,11 +358,11 @@ class NvmlBackend:
                 for ci_pid, (enum, count) in sorted(self._ci_profile_map(index, gi).items()):
                     if count == 0:
                         continue
-                    buf = (nv.c_nvmlComputeInstance_t * count)()
-                    n = ctypes.c_uint(0)
+                    buf = (nv.c_nvmlComputeInstance_t * (count + LIST_HEADROOM))()
+                    n = ctypes.c_uint(len(buf))
                     with self._call(index, f"list compute instances of GPU instance {gi_id}"):
                         nv.nvmlGpuInstanceGetComputeInstances(gi, ci_pid, buf, ctypes.byref(n))
-                        for k in range(n.value):
+                        for k in range(min(n.value, len(buf))):
                             ci = nv.nvmlComputeInstanceGetInfo(buf[k])
                             cis.append(
                                 ComputeInstance(
@@ -347,21 +385,37 @@ class NvmlBackend:
             return tuple(sorted(result, key=lambda g: (g.start, g.id)))
 
     def processes(self, index: int) -> Sequence[GpuProcess]:
-        nv = self._nv
         h = self._handle(index, "list processes")
         seen: dict[int, GpuProcess] = {}
-        for fn_name in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-            try:
-                procs = getattr(nv, fn_name)(h)
-            except nv.NVMLError as exc:
-                if self._is(exc, "NOT_SUPPORTED"):
-                    continue
-                raise BackendError(index, "list processes", self._code(exc.value), _detail(exc)) from None
-            for p in procs:
+        for kind in ("Compute", "Graphics"):
+            for p in self._process_list(index, h, kind):
                 used = getattr(p, "usedGpuMemory", None)
                 mib = int(used) // (1024 * 1024) if isinstance(used, int) else None
                 seen.setdefault(int(p.pid), GpuProcess(index, int(p.pid), mib, *_mig_ids(p)))
         return tuple(seen[pid] for pid in sorted(seen))
+
+    def _process_list(self, index: int, h: Any, kind: str) -> list[Any]:
+        """The unversioned call, else ``_v2`` (an older driver without ``_v3``:
+        pynvml then raises NVMLLibraryMismatchError, not an NVMLError)."""
+        nv = self._nv
+        mismatch = getattr(nv, "NVMLLibraryMismatchError", None) or NotImplementedError
+        last = ""
+        for fn_name in (f"nvmlDeviceGet{kind}RunningProcesses", f"nvmlDeviceGet{kind}RunningProcesses_v2"):
+            fn = getattr(nv, fn_name, None)
+            if fn is None:
+                continue
+            try:
+                return list(fn(h))
+            except mismatch as exc:
+                last = str(exc)
+            except nv.NVMLError as exc:
+                if self._is(exc, "NOT_SUPPORTED"):
+                    return []
+                if self._is(exc, "FUNCTION_NOT_FOUND"):
+                    last = "FUNCTION_NOT_FOUND"
+                    continue
+                raise BackendError(index, "list processes", self._code(exc.value), _detail(exc)) from None
+        raise BackendError(index, "list processes", "FUNCTION_NOT_FOUND", f"no {kind.lower()} process call in this driver: {last}")
 
     # -- changes -------------------------------------------------------------
 
@@ -375,16 +429,12 @@ class NvmlBackend:
                 status = nv.nvmlDeviceSetMigMode(h, mode)
             self._profiles.pop(index, None)  # profile info is fixed only for the life of a mode
         status = int(status or 0)
-        if status == nv.NVML_SUCCESS:
-            return
-        if status == getattr(nv, "NVML_ERROR_RESET_REQUIRED", None):
-            # Not a failure: the change is pending and only a reboot applies it
-            # (no reset here, e.g. a passthrough VM); mig_mode() shows it.
-            log.info("GPU %d: MIG mode change pending until reboot (reset not available)", index)
-            return
-        if status == getattr(nv, "NVML_ERROR_IN_USE", None):
-            raise BackendError(index, action, "IN_USE", "the change is pending: processes still hold the GPU; stop them and reset it")
-        raise BackendError(index, action, self._code(status), "activation failed")
+        if status != nv.NVML_SUCCESS:
+            # Not a failure of the call: the driver recorded the change and
+            # says why it is not active yet (IN_USE: something holds the GPU;
+            # NOT_SUPPORTED / RESET_REQUIRED: no reset here, e.g. a passthrough
+            # VM). The engine reads mig_mode() and decides reset or reboot.
+            log.info("GPU %d: %s: activation status %s; the change is pending", index, action, self._code(status))
 
     def create_gpu_instance(self, index: int, profile_id: int, start: int) -> GpuInstance:
         nv = self._nv
@@ -410,7 +460,7 @@ class NvmlBackend:
             with self._call(index, action):
                 gi = nv.nvmlDeviceGetGpuInstanceById(h, gi_id)
             try:
-                info = nv.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi, ci_profile_id, nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+                info = self._ci_profile_info(gi, ci_profile_id)
             except nv.NVMLError as exc:
                 if self._is(exc, "NOT_SUPPORTED", "INVALID_ARGUMENT"):
                     # the simulator's code for "no such CI profile in this GI"
@@ -453,25 +503,62 @@ class NvmlBackend:
         return (self._sysfs_root / "bus" / "pci" / "devices" / pci_sysfs_name(bus_id) / "reset").exists()
 
     def reset(self, indices: Sequence[int]) -> None:
-        for index in dict.fromkeys(indices):
-            with self._gpu_lock(index):
-                self._reset_one(index)
+        """Reset the GPUs together, by PCI bus id, with NVML released meanwhile."""
+        targets = tuple(dict.fromkeys(indices))
+        if not targets:
+            return
+        bus_ids = []
+        for index in targets:
+            h = self._handle(index, "reset GPU")
+            with self._call(index, "reset GPU"):
+                bus_ids.append(_text(self._nv.nvmlDeviceGetPciInfo(h).busId))
+        locks = [self._gpu_lock(i) for i in sorted(targets)]  # one order: no deadlock
+        for lock in locks:
+            lock.acquire()
+        try:
+            with self._nvml_released(targets[0]):
+                self._run_reset(targets, bus_ids)
+            for index in targets:
                 self._profiles.pop(index, None)
+        finally:
+            for lock in reversed(locks):
+                lock.release()
 
-    def _reset_one(self, index: int) -> None:
-        argv = [self._nvidia_smi, "-r", "-i", str(index)]
-        action = "reset GPU"
+    @contextmanager
+    def _nvml_released(self, index: int) -> Iterator[None]:
+        """NVML shut down in this process (refcount to zero) for the block.
+
+        nvidia-smi refuses to reset while any NVML client is open, this
+        process included; other backends of this process share the session,
+        so they wait on the lock and find NVML initialised again afterwards.
+        """
+        with _INIT_LOCK:
+            open_here = _INIT_COUNTS.get(id(self._nv), 0) > 0
+            if open_here:
+                with self._call(index, "shut down NVML before the reset"):
+                    self._nv.nvmlShutdown()
+            try:
+                yield
+            finally:
+                if open_here:
+                    with self._call(index, "initialise NVML after the reset"):
+                        self._nv.nvmlInit()
+
+    def _run_reset(self, targets: tuple[int, ...], bus_ids: list[str]) -> None:
+        argv = [*self._nvidia_smi, "-r", "-i", ",".join(bus_ids)]
+        action = "reset GPU" if len(targets) == 1 else f"reset GPUs {', '.join(map(str, targets))}"
+        first = targets[0]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=self._reset_timeout_s, check=False)
         except FileNotFoundError:
-            raise BackendError(index, action, "NOT_FOUND", f"{self._nvidia_smi} not found") from None
+            raise BackendError(first, action, "NOT_FOUND", f"{self._nvidia_smi[0]} not found") from None
         except subprocess.TimeoutExpired:
-            raise BackendError(index, action, "TIMEOUT", f"{' '.join(argv)} took more than {self._reset_timeout_s:g}s") from None
+            raise BackendError(first, action, "TIMEOUT", f"{' '.join(argv)} took more than {self._reset_timeout_s:g}s") from None
         if done.returncode != 0:
             output = " ".join((done.stdout + " " + done.stderr).split())
             code = "IN_USE" if "in use" in output.lower() else "RESET_FAILED"
-            raise BackendError(index, action, code, f"{' '.join(argv)} exited {done.returncode}: {output[:400]}")
-        log.debug("GPU %d reset: %s", index, " ".join(done.stdout.split()))
+            raise BackendError(first, action, code, f"{' '.join(argv)} exited {done.returncode}: {output[:400]}")
+        log.debug("GPU(s) %s reset: %s", ",".join(map(str, targets)), " ".join(done.stdout.split()))
 
     def close(self) -> None:
         with _INIT_LOCK:

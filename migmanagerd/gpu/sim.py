@@ -338,19 +338,53 @@ class SimBackend:
 
         def change(node: SimNode) -> None:
             gpu = self._gpu(node, index, action)
-            model = self._models.get(gpu)
-            if model is None:
-                raise BackendError(index, action, "NOT_SUPPORTED", f"{gpu.name} has no MIG support")
+            model = self._mode_model(gpu, enabled, action)
             busy = _busy_pids(gpu)
             if busy:
                 raise BackendError(index, action, "IN_USE", f"processes hold the GPU: {', '.join(map(str, busy))}")
-            if not enabled and gpu.instances:
-                raise BackendError(index, action, "IN_USE", f"{len(gpu.instances)} GPU instance(s) exist; destroy them first")
             gpu.mig_pending = enabled
             if not model.mig_mode_needs_reset:
                 gpu.mig_current = enabled
 
         self._change("set_mode", (index,), action, change)
+
+    def _mode_model(self, gpu: SimGpu, enabled: bool, action: str) -> GpuModel:
+        """The checks both mode calls make before anything changes."""
+        model = self._models.get(gpu)
+        if model is None:
+            raise BackendError(gpu.index, action, "NOT_SUPPORTED", f"{gpu.name} has no MIG support")
+        if not enabled and gpu.instances:
+            raise BackendError(gpu.index, action, "IN_USE", f"{len(gpu.instances)} GPU instance(s) exist; destroy them first")
+        return model
+
+    def request_mig_mode(self, index: int, enabled: bool, *, busy: bool = False) -> str:
+        """``nvmlDeviceSetMigMode`` as drivers answer it: the change is recorded
+        (pending) and the *activation status* says whether it is active.
+
+        NVIDIA's MIG user guide shows both non-SUCCESS answers with the change
+        left pending: ``IN_USE`` when processes or monitoring agents hold the
+        GPU (``busy``: the caller knows of such agents), ``NOT_SUPPORTED`` where
+        the GPU cannot be reset (a passthrough VM). Errors before any change
+        (no MIG, instances left on disable) raise as ``set_mig_mode`` does.
+        """
+        action = f"{'enable' if enabled else 'disable'} MIG mode"
+
+        def change(node: SimNode) -> str:
+            gpu = self._gpu(node, index, action)
+            model = self._mode_model(gpu, enabled, action)
+            gpu.mig_pending = enabled
+            if not model.mig_mode_needs_reset:
+                gpu.mig_current = enabled
+                return "SUCCESS"
+            if gpu.mig_current == enabled:
+                return "SUCCESS"
+            if busy or _busy_pids(gpu):
+                return "IN_USE"
+            if node.no_reset:
+                return "NOT_SUPPORTED"
+            return "SUCCESS"
+
+        return self._change("set_mode", (index,), action, change)
 
     def create_gpu_instance(self, index: int, profile_id: int, start: int) -> GpuInstance:
         action = "create GPU instance"

@@ -46,7 +46,8 @@ def default_catalog() -> ModelCatalog:
 
 def _find(catalog: Any, text: str) -> GpuModel | None:
     try:
-        return catalog.find(text)
+        model: GpuModel | None = catalog.find(text)
+        return model
     except (KeyError, LookupError, ValueError, UsageError):
         return None
 
@@ -56,7 +57,8 @@ def _for_device(catalog: Any, pci_id: int) -> GpuModel | None:
     if lookup is None:
         return None
     try:
-        return lookup(pci_id, "")
+        model: GpuModel | None = lookup(pci_id, "")
+        return model
     except (KeyError, LookupError, ValueError, UsageError, TypeError):
         return None
 

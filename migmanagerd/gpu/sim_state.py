@@ -204,14 +204,20 @@ def locked(path: Path) -> Iterator[None]:
 
 def read_node(path: Path) -> SimNode:
     """Load the state (call under ``locked`` when about to change it)."""
+    fix = "run 'migmanagerd sim init --force'"
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UsageError(f"simulated node state {path} does not exist; run 'migmanagerd sim init --node SPEC' or set MIGMANAGERD_SIM_NODE") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"{path}: cannot read the simulator state: {reason}; {fix}") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}:{exc.lineno}:{exc.colno}: simulator state is not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise UsageError(f"{path}: simulator state is nested too deeply to be one; {fix}") from None
     return node_from_json(doc, path)
 
 

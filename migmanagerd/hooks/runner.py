@@ -4,8 +4,10 @@ Each hook is ``[command, *args]`` executed directly (no shell: shipped hooks
 call ``/bin/bash -c`` themselves), in ``workdir``, with the daemon's
 environment plus the apply's variables plus the hook's own ``envs``. Output is
 logged line by line as it arrives so a stuck hook is visible in the journal.
-A hook that outlives ``timeout_s`` has its whole process group killed: hooks
-run before GPU clients are restarted, so a hang must not hold the node.
+A hook that outlives ``timeout_s`` is killed with everything it started, its
+``setsid`` daemons included (proctree.py), and the log names any PID that
+survived: hooks run before GPU clients are restarted, so a hang must not hold
+the node.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from typing import IO
 
 from migmanagerd.errors import MigManagerError
 from migmanagerd.log import get_logger
+from migmanagerd.proctree import TreeKill, become_subreaper, kill_tree, new_tag, tagged_env
+from migmanagerd.spec.limits import timeout_problem
 from migmanagerd.spec.types import HOOK_NAMES, HooksFile, HookSpec
 
 log = get_logger("hooks")
 
-# After SIGTERM to a timed-out hook's group, how long its leader may take to
-# exit before the whole group gets SIGKILL.
+# After SIGTERM to a timed-out hook's processes, how long they may take to
+# exit before they get SIGKILL.
 TERM_GRACE_S = 5.0
 _MAX_LINE = 16384
 
@@ -78,8 +82,10 @@ class HookFailed(MigManagerError):
 
 class HookRunner:
     def __init__(self, hooks: HooksFile, env: Mapping[str, str], timeout_s: float = 120.0) -> None:
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be positive")
+        problem = timeout_problem(timeout_s)
+        if problem is not None:
+            # the CLI checks --hook-timeout first; this guards other callers
+            raise ValueError(f"timeout_s {problem}")
         self._hooks = hooks
         self._env = dict(env)
         self._timeout_s = timeout_s
@@ -97,7 +103,9 @@ class HookRunner:
         argv = [spec.command, *spec.args]
         if spec.workdir is not None and not os.path.isdir(spec.workdir):
             raise HookFailed(name, index, spec.command, None, f"cannot run: workdir {spec.workdir} does not exist")
-        env = {**os.environ, **self._env, **spec.envs}
+        child_tag = new_tag()
+        env = tagged_env({**os.environ, **self._env, **spec.envs}, child_tag)
+        become_subreaper()
         log.info("running hook %s (%s): %s", tag, spec.loc, " ".join(argv))
         try:
             proc = subprocess.Popen(
@@ -126,16 +134,16 @@ class HookRunner:
             if reader.is_alive():
                 raise subprocess.TimeoutExpired(argv, self._timeout_s)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            result = _kill_all(proc, child_tag)
             reader.join(TERM_GRACE_S)
             raise HookFailed(
                 name, index, spec.command, None,
-                f"timed out after {self._timeout_s:g}s; its process group was killed",
+                f"timed out after {self._timeout_s:g}s; {result.describe()}",
             ) from None
         except BaseException:
             # Interrupted while waiting (e.g. Ctrl-C on `migmanagerd apply`):
             # leave no hook processes behind.
-            _kill_group(proc)
+            _kill_all(proc, child_tag)
             raise
         finally:
             if not reader.is_alive():
@@ -153,23 +161,13 @@ def _log_lines(stream: IO[bytes], tag: str) -> None:
         log.info("hook %s: %s", tag, line)
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    pgid = proc.pid  # start_new_session made the hook its group's leader
-    _signal_group(pgid, signal.SIGTERM)
+def _kill_all(proc: subprocess.Popen[bytes], tag: str) -> TreeKill:
+    result = kill_tree(tag, proc.pid, grace_s=TERM_GRACE_S)
     try:
         proc.wait(timeout=TERM_GRACE_S)
     except subprocess.TimeoutExpired:
-        pass
-    # Members that ignored SIGTERM, or outlived the leader, go now.
-    _signal_group(pgid, signal.SIGKILL)
-    proc.wait()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        pass  # named in result.left: the message says it may still run
+    return result
 
 
 def _describe_status(status: int) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 from migmanagerd.integrations.settings import CdiSettings
 from migmanagerd.log import get_logger
+from migmanagerd.proctree import run_bounded
 
 log = get_logger("integrations.cdi")
 
@@ -55,7 +56,7 @@ def perform_cdi_action(
     settings: CdiSettings,
     *,
     enqueue_restart: Callable[[str], None],
-    run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
+    run: Callable[..., subprocess.CompletedProcess[str]] = run_bounded,
 ) -> dict[str, Any]:
     report: dict[str, Any] = {"action": action.kind, "reason": action.reason}
     if action.kind == RESTART_UNIT:
@@ -66,8 +67,10 @@ def perform_cdi_action(
         report["command"] = list(action.command)
         try:
             proc = run(list(action.command), capture_output=True, text=True, timeout=settings.timeout_s, check=False)
-        except subprocess.TimeoutExpired:
-            report.update(status="failed", error=f"command timed out after {settings.timeout_s}s")
+        except subprocess.TimeoutExpired as exc:
+            tree = getattr(exc, "tree", None)  # run_bounded says what it killed, and what it could not
+            error = f"command timed out after {settings.timeout_s}s" + (f"; {tree.describe()}" if tree else "")
+            report.update(status="failed", error=error)
         except OSError as exc:
             report.update(status="failed", error=f"cannot run {action.command[0]}: {exc.strerror or exc}")
         else:

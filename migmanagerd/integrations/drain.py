@@ -6,10 +6,10 @@ GPUs alone this time — the node is then left drained with a reason saying why.
 After the run, ``after_change(summary)`` resumes the node if the run succeeded
 and leaves it drained, with a reason naming the result, if not.
 
-Whether migmanagerd drained the node is read back from slurmctld (the reason
-starts with the configured drain reason) rather than remembered, because a
-mode change may reboot the node between the two calls. A node an operator
-drained for another reason is never resumed by migmanagerd.
+A drain is migmanagerd's only when this service set it: recorded in the state
+directory (drain_record.py, so it survives the reboot a mode change may need)
+and still carrying our reason on slurmctld. A node an operator drained, even
+with a reason that starts like ours, is never re-drained or resumed.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from migmanagerd.integrations.drain_record import DrainRecord
 from migmanagerd.integrations.layout import RunSummary
 from migmanagerd.integrations.scontrol import NodeStatus, Scontrol, ScontrolError
 from migmanagerd.integrations.settings import SlurmSettings
@@ -36,6 +37,7 @@ class SlurmDrain:
         progress: Callable[[str], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        record: DrainRecord | None = None,
     ) -> None:
         self.settings = settings
         self.node = settings.node_name
@@ -45,6 +47,7 @@ class SlurmDrain:
         self._progress = progress or (lambda _msg: None)
         self._sleep = sleep
         self._monotonic = monotonic
+        self._record = record if record is not None else DrainRecord()
         self.report: dict[str, Any] = {}
         self._by_other = False
 
@@ -53,7 +56,7 @@ class SlurmDrain:
         return self.settings.enabled and self.settings.drain.enabled
 
     def ours(self, status: NodeStatus) -> bool:
-        return status.drained and (status.reason or "").startswith(self.reason)
+        return status.drained and (status.reason or "").startswith(self.reason) and self._record.is_ours(self.node)
 
     # --- before ---------------------------------------------------------------
 
@@ -70,6 +73,7 @@ class SlurmDrain:
                 # An operator's drain (and reason) is left alone: re-draining would
                 # overwrite the reason and make migmanagerd resume the node later.
                 self._scontrol.drain(self.node, self._reason(config))
+                self._record.remember(self.node, self._reason(config))
         except ScontrolError as exc:
             if not slurmd_running:
                 # slurmd is ordered after nvidia-gpu-reset.target: at boot it is not
@@ -139,11 +143,14 @@ class SlurmDrain:
             return {"node": "drain disabled"}
         status = self._scontrol.show_node(self.node)
         if not self.ours(status):
+            if not status.drained:
+                self._record.forget()  # resumed by someone: our drain is over
             what = "drained by someone else" if status.drained else "not drained"
             return {"node": f"{what}; left as is", "state": status.state}
         good = summary.ok and summary.matched and failure is None
         if good:
             self._scontrol.resume(self.node)
+            self._record.forget()
             log.info("node %s resumed", self.node)
             return {"node": "resumed"}
         if failure is None and status.reason not in (self.reason, self._reason(summary.config)):

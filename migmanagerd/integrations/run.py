@@ -22,6 +22,7 @@ from migmanagerd.integrations.scontrol import Scontrol
 from migmanagerd.integrations.settings import IntegrationSettings
 from migmanagerd.integrations.slurm import apply_slurm
 from migmanagerd.log import get_logger
+from migmanagerd.proctree import run_bounded
 
 log = get_logger("integrations")
 
@@ -63,7 +64,7 @@ def run_integrations(
     unit_exists: Callable[[str], bool],
     unit_active: Callable[[str], bool] | None = None,
     scontrol: Scontrol | None = None,
-    run_command: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
+    run_command: Callable[..., subprocess.CompletedProcess[str]] = run_bounded,
     now: Callable[[], float] = time.time,
 ) -> dict[str, Any]:
     """Run every enabled integration; returns {"slurm": {...}, "cdi": {...}, "metrics": {...}}."""

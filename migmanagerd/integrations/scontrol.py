@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from migmanagerd.errors import MigManagerError
+from migmanagerd.proctree import run_bounded
 
 # Base states in which jobs still hold resources on the node.
 BUSY_STATES = frozenset({"ALLOCATED", "MIXED", "COMPLETING"})
@@ -68,7 +69,7 @@ Runner = Callable[..., subprocess.CompletedProcess[str]]
 
 
 class Scontrol:
-    def __init__(self, binary: str = "scontrol", *, timeout_s: float = 30, run: Runner = subprocess.run) -> None:
+    def __init__(self, binary: str = "scontrol", *, timeout_s: float = 30, run: Runner = run_bounded) -> None:
         self._binary = binary
         self._timeout_s = timeout_s
         self._run = run

@@ -17,12 +17,12 @@ from typing import Any
 
 from migmanagerd.default_paths import DEFAULT_INTEGRATIONS_FILE, DEFAULT_METRICS_FILE
 from migmanagerd.errors import SourceLocation, SpecError
+from migmanagerd.spec.limits import require_timeout
 from migmanagerd.spec.source import (
     YNode,
     check_keys,
     load_yaml_text,
     require_bool,
-    require_int,
     require_seq,
     require_str,
 )
@@ -184,7 +184,7 @@ _SLURM_FIELDS: dict[str, Callable[[YNode, str, str], Any]] = {
     "restart_slurmd": lambda n, ctx, f: require_bool(n, context=ctx, field=f),
     "slurmd_unit": _unit,
     "scontrol": _nonempty,
-    "command_timeout_s": lambda n, ctx, f: require_int(n, minimum=1, context=ctx, field=f),
+    "command_timeout_s": lambda n, ctx, f: require_timeout(n, context=ctx, field=f),
     "root": _abs_path,
 }
 
@@ -210,9 +210,9 @@ def _drain(node: YNode) -> DrainSettings:
     if "reason" in items:
         kw["reason"] = _nonempty(items["reason"], ctx, "slurm.drain.reason")
     if "timeout_s" in items:
-        kw["timeout_s"] = require_int(items["timeout_s"], minimum=0, context=ctx, field="slurm.drain.timeout_s")
+        kw["timeout_s"] = require_timeout(items["timeout_s"], minimum=0, context=ctx, field="slurm.drain.timeout_s")
     if "poll_s" in items:
-        kw["poll_s"] = require_int(items["poll_s"], minimum=1, context=ctx, field="slurm.drain.poll_s")
+        kw["poll_s"] = require_timeout(items["poll_s"], context=ctx, field="slurm.drain.poll_s")
     return DrainSettings(**kw)
 
 
@@ -233,7 +233,7 @@ def _cdi(node: YNode) -> CdiSettings:
         argv = tuple(_nonempty(arg, ctx, f"cdi.command[{i}]") for i, arg in enumerate(seq))
         kw["command"] = argv
     if "timeout_s" in items:
-        kw["timeout_s"] = require_int(items["timeout_s"], minimum=1, context=ctx, field="cdi.timeout_s")
+        kw["timeout_s"] = require_timeout(items["timeout_s"], context=ctx, field="cdi.timeout_s")
     return CdiSettings(**kw)
 
 

@@ -41,11 +41,13 @@ from migmanagerd.spec.source import (
     YNode,
     check_keys,
     load_yaml_file,
+    load_yaml_text,
     require_int,
     require_map,
     require_seq,
     require_str,
 )
+from migmanagerd.spec.trust import read_trusted
 
 # The ConfigMap key HAMi reads it from; the same name next to config.yaml.
 DEVICE_CONFIG_NAME = "device-config.yaml"
@@ -137,6 +139,13 @@ def load_geometries(path: str | Path | None, catalog: Catalog | None = None) -> 
     if path is None:
         return AllowedGeometries("catalog")
     return parse_geometries(load_yaml_file(path), str(path), catalog or load_catalog())
+
+
+def load_trusted_geometries(path: str, catalog: Catalog | None = None) -> AllowedGeometries:
+    """``load_geometries`` for a file that decides layouts as root: parsed from
+    the one descriptor the trust walk checked, so no link flips in between."""
+    text = read_trusted(path, "geometries file")
+    return parse_geometries(load_yaml_text(text, path), path, catalog or load_catalog())
 
 
 def parse_geometries(root: YNode, source: str, catalog: Catalog) -> AllowedGeometries:

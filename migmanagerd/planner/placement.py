@@ -240,6 +240,9 @@ def _resolve_target(model: GpuModel, target: Target) -> list[CiItem] | Infeasibl
         if gi is None:
             have = ", ".join(p.name for p in model.gi_profiles)
             return Infeasible(f"profile {prof} does not exist on {model.name} (it has: {have})")
+        if gi.name != prof.gi_name:  # a former name: plan with the name the GPU reports
+            now = MigProfile.parse(gi.name)
+            prof = MigProfile(prof.gpu_slices, now.memory_gb, prof.compute_slices, prof.sign, prof.attributes)
         ci = gi.ci_profile(str(prof))
         if ci is None:
             have = ", ".join(c.name for c in gi.ci_profiles)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from migmanagerd.service.state import RebootMarker, State, StateStore, utc_now
 
@@ -126,7 +127,7 @@ def clear_marker(store: StateStore) -> bool:
 rearm = clear_marker  # `migmanagerd service --rearm-reboot`
 
 
-def guard_reboot(store: StateStore, config: str, gpus: Sequence[int], allow_reboot: bool, **kw) -> RebootDecision:
+def guard_reboot(store: StateStore, config: str, gpus: Sequence[int], allow_reboot: bool, **kw: Any) -> RebootDecision:
     """Load the marker, decide, and arm it when the decision is REBOOT.
     The caller requests the reboot afterwards (without waiting for the job:
     this unit is stopped by the shutdown it starts)."""

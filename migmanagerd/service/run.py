@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from migmanagerd.apply.coverage import require_selects_gpu
@@ -76,6 +77,20 @@ def _then(first: BaseException | None, later: list[MigManagerError]) -> MigManag
     error = MigManagerError("; then: ".join(str(c) for c in causes))
     error.exit_code = getattr(causes[0], "exit_code", EXIT_FAILED)
     return error
+
+
+def _attempt(what: str, step: Callable[[], None], errors: list[MigManagerError]) -> Exception | None:
+    """Run a cleanup step that must not keep the next one from running: our
+    errors are collected, any other exception (a full disk under the journal,
+    a bug) is logged with its traceback and returned for the caller to raise."""
+    try:
+        step()
+    except MigManagerError as exc:
+        errors.append(exc)
+    except Exception as exc:  # noqa: BLE001 - logged with traceback and re-raised by the caller
+        log.error("%s: unexpected error: %s", what, exc, exc_info=exc)
+        return exc
+    return None
 
 
 class ServiceRun:
@@ -146,16 +161,26 @@ class ServiceRun:
             ) from None
         except OSError as exc:
             raise MigManagerError(f"{self.paths.state_dir}: cannot create the run lock: {exc.strerror}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            # the pid is only for a waiting run's message; the flock is the lock
+            log.warning("%s: cannot write this run's pid (%s); going on", path, exc.strerror)
         return fd
 
     @staticmethod
     def _lock_holder(path: Path) -> str:
         try:
-            return path.read_text(encoding="ascii", errors="replace").strip() or "?"
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # never read through a planted link
         except OSError:
             return "?"
+        try:
+            return os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+        except OSError:
+            return "?"
+        finally:
+            os.close(fd)
 
     def _run(self) -> RunOutcome:
         started = utc_now()
@@ -361,14 +386,13 @@ class ServiceRun:
         before; their failures are raised after both were tried, after the
         change's own failure when there was one (``…; then: …``)."""
         errors: list[MigManagerError] = []
-        try:
-            self.clients.restart()
-        except MigManagerError as exc:
-            errors.append(exc)
-        try:
-            self._hook(runner, "apply-exit")
-        except MigManagerError as exc:
-            errors.append(exc)
+        unexpected = _attempt("restarting GPU clients", self.clients.restart, errors)
+        later = _attempt("apply-exit", lambda: self._hook(runner, "apply-exit"), errors)
+        unexpected = unexpected or later
+        if unexpected is not None and failure is None:
+            for error in errors:
+                log.error("%s (with: %s)", error, unexpected)
+            raise unexpected
         if not errors:
             return
         if failure is None and len(errors) == 1:

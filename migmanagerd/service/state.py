@@ -18,6 +18,7 @@ raises and never blocks the boot: a file that cannot be used is moved aside to
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from migmanagerd.atomic_file import cleanup_temp_files, write_atomic
+from migmanagerd.errors import MigManagerError
 from migmanagerd.file_lock import LockTimeout, acquire
 from migmanagerd.log import get_logger
 from migmanagerd.service.paths import NodePaths
@@ -239,6 +241,57 @@ def state_from_json(text: str) -> State:
 # --- the store (I/O) -----------------------------------------------------------
 
 
+class StateDirError(MigManagerError):
+    """The state directory is not one only root controls: refuse the run."""
+
+
+def check_state_dir_ancestors(d: Path) -> None:
+    """Every existing ancestor of the state directory must be root's (or
+    ours) and not writable by others, except a root-owned sticky directory
+    (``/tmp``), where only an entry's owner can rename it; then missing
+    ancestors are created 0755."""
+    euid = os.geteuid()
+    absolute = Path(os.path.abspath(d))
+    for parent in reversed(absolute.parents):
+        try:
+            st = os.stat(parent)
+        except FileNotFoundError:
+            try:
+                parent.mkdir(mode=0o755)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StateDirError(f"cannot create {parent} for the state directory: {exc.strerror}") from None
+            st = os.stat(parent)
+        sticky_root = st.st_uid == 0 and bool(st.st_mode & stat.S_ISVTX)
+        if sticky_root:
+            continue
+        if st.st_uid not in (0, euid) or stat.S_IMODE(st.st_mode) & 0o022:
+            raise StateDirError(
+                f"state directory {d}: its ancestor {parent} is owned by uid {st.st_uid} with mode "
+                f"{stat.S_IMODE(st.st_mode):04o}; another user could replace the state directory; refusing it"
+            )
+
+
+def read_own_file(path: Path) -> str:
+    """Read a file in the state directory without following a symlink, and
+    only if root (or we) own it and nobody else may write it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StateFormatError("not a regular file")
+        if st.st_uid not in (0, os.geteuid()) or stat.S_IMODE(st.st_mode) & 0o022:
+            raise StateFormatError(
+                f"owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: not written by migmanagerd"
+            )
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            data = stream.read()
+    finally:
+        os.close(fd)
+    return data.decode("utf-8")
+
+
 class _DirLock:
     """flock(2) on ``<state_dir>/.lock``: serialises the service and CLI
     writers. The kernel drops it when its holder dies, so a kill -9 can never
@@ -278,7 +331,7 @@ class StateStore:
         """The state on disk; never raises. Missing file: empty state, no problem."""
         path = self.path
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_own_file(path)
         except FileNotFoundError:
             return LoadResult(State())
         except PermissionError as exc:
@@ -287,11 +340,19 @@ class StateStore:
             return LoadResult(State(), f"{path}: cannot read it: {exc.strerror} (run as root)")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+                reason = "it is a symlink, which is never followed here"
             return LoadResult(State(), self._set_aside(f"cannot read it: {reason}"))
+        except StateFormatError as exc:  # a directory, or planted by another user
+            return LoadResult(State(), self._set_aside(f"cannot read it: {exc}"))
         try:
             return LoadResult(state_from_json(text))
         except json.JSONDecodeError as exc:
             return LoadResult(State(), self._set_aside(f"not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"))
+        except RecursionError:
+            # json's decoder recurses per nesting level; no real state file
+            # comes near the limit
+            return LoadResult(State(), self._set_aside("nested too deeply to be a state file"))
         except StateFormatError as exc:
             return LoadResult(State(), self._set_aside(str(exc)))
 
@@ -311,16 +372,31 @@ class StateStore:
 
     def ensure_dir(self) -> None:
         """Create the state directory 0700, or tighten it to 0700 if looser:
-        it decides which units get restarted and whether the node reboots."""
+        it decides which units get restarted and whether the node reboots.
+        A directory (or an ancestor) that another user owns or may write is
+        refused (``StateDirError``): whatever is in it may have been planted."""
         d = self.paths.state_dir
+        check_state_dir_ancestors(d)
         try:
-            d.mkdir(mode=STATE_DIR_MODE, parents=True)
+            d.mkdir(mode=STATE_DIR_MODE)
             os.chmod(d, STATE_DIR_MODE)  # mkdir's mode is filtered by the umask
             return
         except FileExistsError:
             pass
-        mode = stat.S_IMODE(d.stat().st_mode)
+        st = os.lstat(d)
+        euid = os.geteuid()
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+            raise StateDirError(f"state directory {d} is {what}; refusing to use it (remove it, the next run creates it)")
+        if st.st_uid not in (0, euid):
+            raise StateDirError(
+                f"state directory {d} is owned by uid {st.st_uid}, not root: its journal could name any unit to "
+                f"start; refusing it (check its content, then: chown -R root: {d}; chmod 0700 {d})"
+            )
+        mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
+            # ours: repair the mode; an entry another user planted while it
+            # was open is refused by its owner check when it is read
             log.warning("%s: mode %04o is too open; tightening it to %04o", d, mode, STATE_DIR_MODE)
             os.chmod(d, STATE_DIR_MODE)
 

@@ -122,7 +122,7 @@ def _build(root: YNode, filename: str) -> ConfigFile:
     return ConfigFile(path=filename, configs=configs)
 
 
-def _config(name: str, node: YNode, name_loc) -> MigConfig:
+def _config(name: str, node: YNode, name_loc: SourceLocation) -> MigConfig:
     context = f"config '{name}'"
     entries = require_seq(node, context=context)
     if not entries:
@@ -224,7 +224,7 @@ def _filter(node: YNode, context: str, field: str) -> DeviceFilter:
 
 
 def _mig_devices(
-    node: YNode, key_loc, enabled: bool, context: str
+    node: YNode, key_loc: SourceLocation, enabled: bool, context: str
 ) -> tuple[tuple[MigProfile, int], ...]:
     if node.kind != "map":
         raise SpecError(
