@@ -312,16 +312,10 @@ def test_rollback_restores_a_packed_gi(tmp_path, monkeypatch):
     assert [(d.profile, d.placement) for d in eng.observe().gpus[0].devices] == before
 
 
-def test_packed_layouts_over_the_nvml_backend(mocker):
-    """The NVML backend (against the strict pynvml fake) builds, reads back and
-    keeps packed GPU instances the same way the simulator does."""
-    from fake_pynvml import FakeNvml, install
-
-    from migmanagerd.gpu.nvml import NvmlBackend
-
-    h100 = catalog().find("H100-80GB")
-    fake = install(mocker, FakeNvml([h100]))
-    backend = NvmlBackend(nvidia_smi="/nonexistent/nvidia-smi")
+def test_packed_layouts_over_the_nvml_backend(tmp_path):
+    """The NVML backend (nvidia-ml-py over the NVML stand-in) builds, reads back
+    and keeps packed GPU instances the same way the simulator does."""
+    backend = sim_node(tmp_path, "1xH100-80GB", backend="nvml")
     try:
         eng = engine(backend)
         first = {"1c.3g.40gb": 3, "1c.4g.40gb": 2, "2c.4g.40gb": 1}
@@ -334,7 +328,7 @@ def test_packed_layouts_over_the_nvml_backend(mocker):
         assert report.exit_code == 0 and set(report.gpus[0].kept_uuids) == set(packed3.uuids)
         exported, warnings = node_config(eng.observe())
         assert warnings == [] and canonical(exported.entries[0].mig_devices) == canonical({"1c.3g.40gb": 3, "4g.40gb": 1})
-        assert fake.names().count("nvmlGpuInstanceCreateComputeInstance") == 7
+        assert backend.lib.calls.count("nvmlGpuInstanceCreateComputeInstance") == 7
     finally:
         backend.close()
 
