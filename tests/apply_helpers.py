@@ -123,7 +123,8 @@ def layout(backend: SimBackend) -> dict[int, tuple]:
     eng = engine(backend)
     out = {}
     for view in eng.observe().gpus:
-        devs = tuple(sorted((d.profile, d.placement.start, d.placement.size, d.uuid or "") for d in view.devices))
+        # a GPU instance with several compute instances: their UUIDs joined
+        devs = tuple(sorted((d.profile, d.placement.start, d.placement.size, ",".join(d.uuids)) for d in view.devices))
         out[view.index] = (view.mode.current, view.mode.pending, devs)
     return out
 

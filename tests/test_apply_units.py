@@ -176,11 +176,11 @@ def test_export_leaves_out_what_v1_cannot_express(tmp_path):
     gi = backend.create_gpu_instance(0, GI_3G, 0)
     backend.create_compute_instance(0, gi.id, CI_1C)
     backend.create_compute_instance(0, gi.id, CI_1C)
-    g2 = backend.create_gpu_instance(0, GI_3G, 4)
-    backend.create_compute_instance(0, g2.id, CI_FULL_3G)
+    backend.create_gpu_instance(0, GI_3G, 4)  # no compute instance: not expressible
     config, warnings = node_config(engine(backend).observe())
-    assert [e.mig_devices for e in config.entries] == [(("3g.20gb", 1),)]
-    assert len(warnings) == 1 and "GPU 0" in warnings[0] and "slot 0" in warnings[0]
+    # two CIs sharing one GI are written as the peer writes them
+    assert [e.mig_devices for e in config.entries] == [(("1c.3g.20gb", 2),)]
+    assert len(warnings) == 1 and "GPU 0" in warnings[0] and "slot 4" in warnings[0]
 
 
 def test_report_exit_codes():

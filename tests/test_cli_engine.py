@@ -136,7 +136,7 @@ def test_config_that_does_not_fit_is_exit_2_and_touches_nothing(node, capsys):
 
 
 PLAN_KEYS = {"config", "feasible", "gpus", "errors"}
-PLAN_GPU_KEYS = {"index", "model", "mode", "keep", "destroy", "create"}
+PLAN_GPU_KEYS = {"index", "model", "mode", "keep", "destroy", "create", "adjust"}
 DEVICE_KEYS = {"profile", "start", "size"}
 
 

@@ -195,8 +195,12 @@ def test_compute_instance_variants_are_distinct_devices():
     assert [d.uuid for d in swapped.keep] == ["MIG-y"]
     assert [d.uuid for d in swapped.destroy] == ["MIG-x"]
     assert [(d.profile, d.placement) for d in swapped.create] == [("3g.20gb", Placement(0, 4))]
+    # 2c and 1c share one 3g.20gb GPU instance (nvidia-mig-parted's packing)
     both = plan_gpu(A100, [], {P("1c.3g.20gb"): 1, P("2c.3g.20gb"): 1, P("3g.20gb"): 1})
-    assert isinstance(both, Infeasible) and "3g.20gb x3 (" in both.reason and "at most 2" in both.reason
+    assert isinstance(both, GpuPlan)
+    assert sorted(d.profile for d in both.create) == ["3g.20gb", "3g.20gb[cis=2c,1c]"]
+    three = plan_gpu(A100, [], {P("1c.3g.20gb"): 2, P("2c.3g.20gb"): 1, P("3g.20gb"): 1})
+    assert isinstance(three, Infeasible) and "3g.20gb x3 (" in three.reason and "at most 2" in three.reason
 
 
 def test_existing_devices_in_other_shapes_are_never_kept():
@@ -253,7 +257,8 @@ def test_equal_plans_prefer_lowest_placements():
         ({"4g.20gb": 1, "2g.10gb": 2}, ["needs 8 of 7 compute slices", "A100-SXM4-40GB"]),
         ({"1g.6gb": 1}, ["profile 1g.6gb does not exist on A100-SXM4-40GB", "it has: 1g.5gb"]),
         ({"3c.4g.20gb": 1}, ["compute instance 3c.4g.20gb does not exist in a 4g.20gb", "2c.4g.20gb"]),
-        ({"1c.3g.20gb": 3}, ["3g.20gb x3 (1c.3g.20gb x3) requested", "at most 2"]),
+        # packed as nvidia-mig-parted does: [3g] [1c,1c,1c] [1c] are three 3g GIs
+        ({"1c.3g.20gb": 4, "3g.20gb": 1}, ["3g.20gb x3 (", "3g.20gb[cis=1c,1c,1c] x1", "at most 2"]),
     ],
 )
 def test_infeasible_reasons_name_model_and_resource(target, words):
@@ -311,7 +316,8 @@ def test_bad_target_values():
         ([dev("4g.20gb", 0, 4), dev("1g.10gb", 4, 2), dev("2g.10gb", 4, 2)], "overlaps"),
         ([dev("1g.24gb", 0, 1)], "does not exist on A100-SXM4-40GB"),
         ([dev("3c.4g.20gb", 0, 4)], "compute instance 3c.4g.20gb does not exist"),
-        ([dev("3g.20gb[cis=1c,1c]", 0, 4)], "not a single-compute-instance"),
+        ([dev("3g.20gb[cis=2c,2c]", 0, 4)], "cannot hold these compute instances"),
+        ([dev("3g.20gb[cis=]", 0, 4)], "without compute instances"),
     ],
 )
 def test_check_layout_rejects(devices, words):
@@ -352,19 +358,32 @@ def _variant_cases(model: GpuModel, rng: random.Random, n: int):
         yield current, target
 
 
+def _shapes(model: GpuModel, target: Counter) -> Counter:
+    """The GPU-instance shapes nvidia-mig-parted's packing makes of ``target``."""
+    empty = plan_gpu(model, [], [(P(n), k) for n, k in sorted(target.items())])
+    assert isinstance(empty, GpuPlan)
+    return Counter(d.profile for d in empty.create)
+
+
+def _weight(profile: str) -> int:
+    return profile.count(",") + 1 if "[cis=" in profile else 1
+
+
 def _brute_keep_variants(model: GpuModel, current: list[MigDevice], target: Counter) -> int:
-    gi_of = {ci.name: gi.name for gi in model.gi_profiles for ci in gi.ci_profiles}
+    """Most compute instances kept over every legal layout of the packed target."""
+    shapes = _shapes(model, target)
+    gi_of = {s: s.split("[", 1)[0] if "[" in s else P(s).gi_name for s in shapes}
     gi_counts: Counter = Counter()
-    for prof, k in target.items():
-        gi_counts[gi_of[prof]] += k
+    for shape, k in shapes.items():
+        gi_counts[gi_of[shape]] += k
     key = frozenset(gi_counts.items())
     best = 0
     for lay in layouts_by_multiset(model)[key]:
         slots = {(name, s) for name, s in lay}
         kept = 0
-        for prof, k in target.items():
-            here = sum(1 for d in current if d.profile == prof and (gi_of[prof], d.placement.start) in slots)
-            kept += min(k, here)
+        for shape, k in shapes.items():
+            here = sum(1 for d in current if d.profile == shape and (gi_of[shape], d.placement.start) in slots)
+            kept += min(k, here) * _weight(shape)
         best = max(best, kept)
     return best
 
@@ -376,7 +395,8 @@ def test_plan_keeps_the_maximum_with_compute_instance_variants(name):
     for current, target in _variant_cases(model, rng, 200):
         result = plan_gpu(model, current, [(P(n), k) for n, k in sorted(target.items())])
         assert isinstance(result, GpuPlan), result
-        assert len(result.keep) == _brute_keep_variants(model, current, target), (current, target)
+        kept = sum(_weight(d.profile) for d in result.keep)
+        assert kept == _brute_keep_variants(model, current, target), (current, target)
         final = list(result.keep) + list(result.create)
         assert check_layout(model, final) is None
-        assert Counter(d.profile for d in final) == target
+        assert Counter(d.profile for d in final) == _shapes(model, target)

@@ -1,7 +1,11 @@
 """``assert``: what differs between the node and a config, one line per GPU.
 
-Placement does not matter here, only the multiset of MIG devices: a node that
-holds the right devices at other slots runs the same workloads. A pending mode
+Placement does not matter here, only the multiset of GPU instances with their
+compute instances (shapes, planner.packing): a node that holds the right
+devices at other slots runs the same workloads. Unlike nvidia-mig-parted's
+assert, which counts compute instances only, the grouping of compute
+instances into GPU instances counts too, so assert agrees with what apply
+would change. A pending mode
 that differs from the current one counts as not applied, since the node does
 not yet run in the mode the config wants.
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 
 from migmanagerd.apply.nodeplan import GpuPlanEntry, NodePlan
+from migmanagerd.planner.types import GpuPlan
 
 
 def _onoff(flag: bool) -> str:
@@ -36,8 +41,12 @@ def gpu_difference(entry: GpuPlanEntry, config: str, *, mode_only: bool = False)
         return None
     have = Counter(d.profile for d in entry.current_devices)
     wanted: Counter[str] = Counter()
-    for profile, n in entry.target_devices:
-        wanted[profile] += n
+    if isinstance(entry.result, GpuPlan):
+        # GPU-instance shapes as planned (CIs packed as nvidia-mig-parted does)
+        wanted.update(d.profile for d in entry.result.target)
+    else:
+        for profile, n in entry.target_devices:
+            wanted[profile] += n
     if have == wanted:
         return None
     return f"GPU {entry.index}: has {format_devices(have)}, wants {format_devices(wanted)}"

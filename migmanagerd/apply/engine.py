@@ -17,7 +17,7 @@ the run's; nothing else calls them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -33,7 +33,8 @@ from migmanagerd.catalog.load import load_catalog
 from migmanagerd.catalog.model import CiProfile, GiProfile, GpuModel
 from migmanagerd.gpu.backend import Backend, GpuInfo
 from migmanagerd.log import get_logger
-from migmanagerd.planner.types import GpuPlan, Infeasible, MigDevice
+from migmanagerd.planner.packing import shape_ci_names
+from migmanagerd.planner.types import GiAdjust, GpuPlan, Infeasible, MigDevice
 from migmanagerd.spec.profile import MigProfile, ProfileNameError
 from migmanagerd.spec.types import MigConfig
 
@@ -345,7 +346,7 @@ class ApplyEngine:
         if isinstance(result, Infeasible) or result is None:
             reason = result.reason if isinstance(result, Infeasible) else "not planned"
             return self._fail_before_write(before, writer, progress, f"cannot lay out: {reason}", start)
-        kept = tuple(d.uuid for d in result.keep if d.uuid)
+        kept = result.kept_uuids
         if result.is_noop:
             return GpuResult(i, R.UNCHANGED, kept_uuids=kept)
         try:
@@ -353,15 +354,7 @@ class ApplyEngine:
         except ValueError as exc:
             return self._fail_before_write(before, writer, progress, str(exc), start)
         try:
-            for dev in result.destroy:
-                gi = view.instance(dev.gi_id) if dev.gi_id is not None else None
-                if gi is None:
-                    raise RuntimeError(f"GPU instance for {dev.profile} at slot {dev.placement.start} not found")
-                progress.gpu(i, f"destroying {dev.profile} at slot {dev.placement.start}", "destroy")
-                writer.destroy_instance(gi)
-            for dev, gi_profile, ci_profile in creates:
-                progress.gpu(i, f"creating {dev.profile} at slot {dev.placement.start}", "create")
-                writer.create_device(gi_profile.nvml_id, dev.placement.start, ci_profile.nvml_id)
+            self._write_plan(view, result, creates, writer, progress)
         except Exception as exc:
             return self._undo(before, writer, progress, str(exc), start)
         try:
@@ -369,7 +362,7 @@ class ApplyEngine:
         except Exception as exc:
             return self._undo(before, writer, progress, f"cannot read the GPU back after applying: {exc}", start)
         got = Counter(d.profile for d in after.devices)
-        want = Counter(d.profile for d in (*result.keep, *result.create))
+        want = Counter(d.profile for d in result.target)
         if got != want:
             return self._undo(
                 before, writer, progress,
@@ -377,19 +370,80 @@ class ApplyEngine:
             )
         return GpuResult(i, R.APPLIED, _ops_since(writer, start), kept_uuids=kept)
 
+    def _write_plan(
+        self,
+        view: GpuView,
+        result: GpuPlan,
+        creates: list[tuple[MigDevice, GiProfile, list[CiProfile]]],
+        writer: GpuWriter,
+        progress: Progress,
+    ) -> None:
+        """Destroy whole GPU instances, change the CIs of kept ones, create new ones."""
+        i = view.index
+        for dev in result.destroy:
+            gi = view.instance(dev.gi_id) if dev.gi_id is not None else None
+            if gi is None:
+                raise RuntimeError(f"GPU instance for {dev.profile} at slot {dev.placement.start} not found")
+            progress.gpu(i, f"destroying {dev.profile} at slot {dev.placement.start}", "destroy")
+            writer.destroy_instance(gi)
+        for change in result.adjust:
+            self._adjust_gpu_instance(view, change, writer, progress)
+        for dev, gi_profile, ci_profiles in creates:
+            progress.gpu(i, f"creating {dev.profile} at slot {dev.placement.start}", "create")
+            writer.create_instance(gi_profile.nvml_id, dev.placement.start, [ci.nvml_id for ci in ci_profiles])
+
     @staticmethod
-    def _profiles(model: GpuModel | None, dev: MigDevice) -> tuple[GiProfile, CiProfile]:
+    def _adjust_gpu_instance(view: GpuView, change: GiAdjust, writer: GpuWriter, progress: Progress) -> None:
+        """Destroy the extra compute instances of a kept GI, then create the missing ones."""
+        i = view.index
+        dev = change.current
+        gi = view.instance(dev.gi_id) if dev.gi_id is not None else None
+        gi_profile = view.model.gi_profile_by_id(gi.profile_id) if gi is not None and view.model else None
+        if gi is None or gi_profile is None:
+            raise RuntimeError(f"GPU instance for {dev.profile} at slot {dev.placement.start} not found")
+        progress.gpu(i, f"changing {dev.profile} at slot {dev.placement.start} into {change.target.profile}", "create")
+        gone = []
+        for ci in change.destroy:
+            known = next((c for c in gi.compute_instances if c.id == ci.ci_id), None)
+            if known is None:
+                raise RuntimeError(f"compute instance {ci.ci_id} of GPU instance {gi.id} not found")
+            gone.append(known)
+        # smallest first, so that an undo recreates the largest first (as GpuWriter.destroy_instance)
+        for known in sorted(gone, key=lambda c: (c.size, -c.start, c.id)):
+            writer.destroy_compute_instance(gi.id, known)
+        for name in change.create:
+            ci_profile = gi_profile.ci_profile(name)
+            if ci_profile is None:
+                raise RuntimeError(f"{gi_profile.name} GPU instance has no compute instance profile {name}")
+            writer.create_compute_instance(gi.id, ci_profile.nvml_id)
+
+    @staticmethod
+    def _profiles(model: GpuModel | None, dev: MigDevice) -> tuple[GiProfile, list[CiProfile]]:
+        """The GI profile and the CI profiles, in creation order, of a planned device."""
         if model is None:
             raise ValueError(f"no MIG geometry known for this GPU; cannot create {dev.profile}")
-        try:
-            profile = MigProfile.parse(dev.profile)
-        except ProfileNameError as exc:
-            raise ValueError(str(exc)) from None
-        gi_profile = model.gi_profile(profile.gi_name)
-        ci_profile = gi_profile.ci_profile(profile.ci_name) if gi_profile else None
-        if gi_profile is None or ci_profile is None:
-            raise ValueError(f"{model.name} has no MIG profile {dev.profile}")
-        return gi_profile, ci_profile
+        from_shape = shape_ci_names(dev.profile)
+        if not dev.cis and from_shape == []:
+            # a GI without CIs (only restore asks for one: a checkpoint had it)
+            bare = model.gi_profile(dev.profile.split("[", 1)[0])
+            if bare is None:
+                raise ValueError(f"{model.name} has no GPU instance profile for {dev.profile}")
+            return bare, []
+        names = [c.profile for c in dev.cis] or from_shape or [dev.profile]
+        gi_profile: GiProfile | None = None
+        ci_profiles: list[CiProfile] = []
+        for name in names:
+            try:
+                profile = MigProfile.parse(name)
+            except ProfileNameError as exc:
+                raise ValueError(str(exc)) from None
+            gi_profile = model.gi_profile(profile.gi_name)
+            ci_profile = gi_profile.ci_profile(profile.ci_name) if gi_profile else None
+            if gi_profile is None or ci_profile is None:
+                raise ValueError(f"{model.name} has no MIG profile {name}")
+            ci_profiles.append(ci_profile)
+        assert gi_profile is not None  # names is never empty
+        return gi_profile, ci_profiles
 
     # --- outcomes ------------------------------------------------------------
 
@@ -422,5 +476,5 @@ class ApplyEngine:
 
     def _unchanged(self, state: NodeState, plan: NodePlan, index: int) -> GpuResult:
         entry = plan.gpu(index)
-        kept: Iterable[MigDevice] = entry.result.keep if isinstance(entry.result, GpuPlan) else ()
-        return GpuResult(index, R.UNCHANGED, kept_uuids=tuple(d.uuid for d in kept if d.uuid))
+        kept = entry.result.kept_uuids if isinstance(entry.result, GpuPlan) else ()
+        return GpuResult(index, R.UNCHANGED, kept_uuids=kept)

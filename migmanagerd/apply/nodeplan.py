@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from migmanagerd.apply.observe import GpuView, NodeState
 from migmanagerd.errors import UsageError
+from migmanagerd.planner.exact import plan_exact
 from migmanagerd.planner.node import GpuSlot, GpuTarget, resolve_config
 from migmanagerd.planner.placement import plan_gpu
 from migmanagerd.planner.types import GpuPlan, Infeasible, MigDevice
@@ -156,7 +157,10 @@ def plan_one(view: GpuView, target: GpuTarget | None, *, mode_only: bool = False
     if view.model is None:
         reason = f"unknown GPU model '{view.info.name}' (PCI id 0x{view.info.pci_device_id:08X}); no MIG geometry for it"
         return GpuPlanEntry(mode_target=True, result=Infeasible(reason), target_devices=devices, **base)
-    result = plan_gpu(view.model, current, target.mig_devices)
+    if target.layout is not None:  # restore: the checkpoint's placements
+        result = plan_exact(view.model, current, target.layout)
+    else:
+        result = plan_gpu(view.model, current, target.mig_devices)
     return GpuPlanEntry(mode_target=True, result=result, target_devices=devices, **base)
 
 

@@ -1,10 +1,11 @@
 """Read the node's GPUs through a backend into planner vocabulary.
 
 The planner compares MIG devices by canonical profile name and placement; this
-module is where NVML's numeric GI/CI profile ids become those names. A GPU
-instance counts as a MIG device of a profile only when it holds exactly one
-compute instance (nvidia-mig-parted's meaning of ``"PROFILE": N``); any other
-shape gets a name no target can equal, so the planner replaces it.
+module is where NVML's numeric GI/CI profile ids become those names. Each GPU
+instance becomes one ``MigDevice`` named by its shape: the CI's name when it
+holds one compute instance, ``GI[cis=2c,1c]`` when it holds several (the way
+nvidia-mig-parted packs CIs, see planner.packing), ``GI[cis=]`` when it holds
+none; a CI profile the catalog does not know gets a label no target equals.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from migmanagerd.catalog.model import GiProfile, GpuModel, Placement
-from migmanagerd.gpu.backend import Backend, GpuInfo, GpuInstance, MigMode
-from migmanagerd.planner.types import MigDevice
+from migmanagerd.catalog.model import CiProfile, GiProfile, GpuModel, Placement
+from migmanagerd.gpu.backend import Backend, ComputeInstance, GpuInfo, GpuInstance, MigMode
+from migmanagerd.planner.packing import shape_name
+from migmanagerd.planner.types import MigCi, MigDevice
 
 ModelLookup = Callable[[GpuInfo], "GpuModel | None"]
 
@@ -83,15 +85,26 @@ def _ci_short(gi_profile: GiProfile | None, ci_profile_id: int) -> str:
     return f"ci-profile-{ci_profile_id}"
 
 
-def device_profile(model: GpuModel | None, gi: GpuInstance) -> str:
-    """The canonical MIG device name of ``gi``, or a name no target can equal."""
+def _ci_profile(gi_profile: GiProfile | None, ci: ComputeInstance) -> CiProfile | None:
+    if gi_profile is None:
+        return None
+    return next((c for c in gi_profile.ci_profiles if c.nvml_id == ci.profile_id), None)
+
+
+def ci_profile_name(model: GpuModel | None, gi: GpuInstance, ci: ComputeInstance) -> str:
+    """The canonical name of one compute instance (one MIG device), e.g. ``1c.3g.20gb``."""
     gi_name, gi_profile = _gi_name(model, gi.profile_id)
-    cis = gi.compute_instances
-    if len(cis) == 1 and gi_profile is not None:
-        for ci in gi_profile.ci_profiles:
-            if ci.nvml_id == cis[0].profile_id:
-                return ci.name
-    labels = ",".join(_ci_short(gi_profile, ci.profile_id) for ci in cis)
+    known = _ci_profile(gi_profile, ci)
+    return known.name if known is not None else f"{gi_name}[ci-profile-{ci.profile_id}]"
+
+
+def device_profile(model: GpuModel | None, gi: GpuInstance) -> str:
+    """The shape name of ``gi`` (see the module doc)."""
+    gi_name, gi_profile = _gi_name(model, gi.profile_id)
+    cis = [_ci_profile(gi_profile, ci) for ci in gi.compute_instances]
+    if gi_profile is not None and all(c is not None for c in cis):
+        return shape_name(gi_profile, [c for c in cis if c is not None])
+    labels = ",".join(_ci_short(gi_profile, ci.profile_id) for ci in gi.compute_instances)
     return f"{gi_name}[cis={labels}]"
 
 
@@ -103,6 +116,7 @@ def to_mig_device(model: GpuModel | None, gi: GpuInstance) -> MigDevice:
         profile=device_profile(model, gi),
         uuid=uuid,
         gi_id=gi.id,
+        cis=tuple(MigCi(ci_profile_name(model, gi, ci), ci.uuid, ci.id, ci.start) for ci in cis),
     )
 
 

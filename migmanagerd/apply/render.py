@@ -7,13 +7,31 @@ from typing import Any
 
 from migmanagerd.apply.nodeplan import NodePlan
 from migmanagerd.apply.observe import NodeState
-from migmanagerd.planner.types import GpuPlan, MigDevice
+from migmanagerd.planner.types import GiAdjust, GpuPlan, MigDevice
 
 
 def device_json(device: MigDevice) -> dict[str, Any]:
     out: dict[str, Any] = {"profile": device.profile, "start": device.placement.start, "size": device.placement.size}
     if device.uuid:
         out["uuid"] = device.uuid
+    if len(device.cis) > 1:
+        # a GPU instance holding several compute instances (packed CIs)
+        cis = []
+        for ci in device.cis:
+            item: dict[str, Any] = {"profile": ci.profile}
+            if ci.uuid:
+                item["uuid"] = ci.uuid
+            cis.append(item)
+        out["cis"] = cis
+    return out
+
+
+def adjust_json(change: GiAdjust) -> dict[str, Any]:
+    """A kept GPU instance whose compute instances change (packed CIs)."""
+    out = device_json(change.current)
+    out["target"] = change.target.profile
+    out["destroy_cis"] = [{"profile": c.profile, **({"uuid": c.uuid} if c.uuid else {})} for c in change.destroy]
+    out["create_cis"] = list(change.create)
     return out
 
 
@@ -21,8 +39,9 @@ def plan_json(plan: NodePlan) -> dict[str, Any]:
     gpus = []
     for entry in plan.gpus:
         result = entry.result
+        adjust: tuple[GiAdjust, ...] = ()
         if isinstance(result, GpuPlan):
-            keep, destroy, create = result.keep, result.destroy, result.create
+            keep, destroy, create, adjust = result.keep, result.destroy, result.create, result.adjust
         elif result is None:  # not selected: everything stays
             keep, destroy, create = entry.current_devices, (), ()
         else:  # infeasible: nothing would be done; the reason is in "errors"
@@ -35,6 +54,7 @@ def plan_json(plan: NodePlan) -> dict[str, Any]:
                 "keep": [device_json(d) for d in keep],
                 "destroy": [device_json(d) for d in destroy],
                 "create": [device_json(d) for d in create],
+                "adjust": [adjust_json(a) for a in adjust],
             }
         )
     return {"config": plan.config, "feasible": plan.feasible, "gpus": gpus, "errors": list(plan.errors)}

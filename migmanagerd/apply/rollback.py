@@ -14,7 +14,7 @@ refer to them (the compute instances created inside it).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from migmanagerd.errors import MigManagerError
@@ -84,8 +84,14 @@ class GpuWriter:
     # --- forward steps -------------------------------------------------------
 
     def destroy_instance(self, gi: GpuInstance) -> None:
-        """Destroy a GPU instance: its compute instances first, as NVML requires."""
-        for ci in gi.compute_instances:
+        """Destroy a GPU instance: its compute instances first, as NVML requires.
+
+        Smallest CIs go first so that undo, which recreates newest-destroyed
+        first, recreates the largest first: the driver places a CI at the first
+        free start, and a small CI created first can block a large one's only
+        start (a 2c CI in a 3g GI can only start at slice 0).
+        """
+        for ci in sorted(gi.compute_instances, key=lambda c: (c.size, -c.start, c.id)):
             self.backend.destroy_compute_instance(self.index, gi.id, ci.id)
             self.ops["destroy_ci"] += 1
             self._journal.append(_DestroyedCi(gi.id, ci.profile_id))
@@ -102,6 +108,32 @@ class GpuWriter:
         self.ops["create_ci"] += 1
         self._journal.append(_CreatedCi(gi.id, ci.id))
         return ci
+
+    def destroy_compute_instance(self, gi_id: int, ci: ComputeInstance) -> None:
+        """Destroy one compute instance of a GPU instance that stays."""
+        self.backend.destroy_compute_instance(self.index, gi_id, ci.id)
+        self.ops["destroy_ci"] += 1
+        self._journal.append(_DestroyedCi(gi_id, ci.profile_id))
+
+    def create_compute_instance(self, gi_id: int, ci_profile_id: int) -> ComputeInstance:
+        """Create one compute instance in an existing GPU instance."""
+        ci = self.backend.create_compute_instance(self.index, gi_id, ci_profile_id)
+        self.ops["create_ci"] += 1
+        self._journal.append(_CreatedCi(gi_id, ci.id))
+        return ci
+
+    def create_instance(self, gi_profile_id: int, start: int, ci_profile_ids: Sequence[int]) -> list[ComputeInstance]:
+        """Create a GPU instance at ``start`` and its compute instances in the given order."""
+        gi = self.backend.create_gpu_instance(self.index, gi_profile_id, start)
+        self.ops["create_gi"] += 1
+        self._journal.append(_CreatedGi(gi.id))
+        out = []
+        for ci_profile_id in ci_profile_ids:
+            ci = self.backend.create_compute_instance(self.index, gi.id, ci_profile_id)
+            self.ops["create_ci"] += 1
+            self._journal.append(_CreatedCi(gi.id, ci.id))
+            out.append(ci)
+        return out
 
     def set_mode(self, enabled: bool, previous: bool) -> None:
         # Journaled BEFORE the call: a driver may record the change as pending

@@ -64,16 +64,24 @@ def format_plan(plan) -> list[str]:
         parts = [mode]
         r = e.result
         if isinstance(r, GpuPlan):
-            if r.keep:
-                parts.append(f"keep {_devs(r.keep)}")
-            if r.destroy:
-                parts.append(f"destroy {_devs(r.destroy)}")
-            if r.create:
-                parts.append(f"create {_devs(r.create)}")
+            parts += _changes(r)
             if r.is_noop and not e.needs_mode_change:
                 parts.append("no change")
         lines.append(f"{head}: " + "; ".join(parts))
     return lines
+
+
+def _changes(r: GpuPlan) -> list[str]:
+    parts = []
+    if r.keep:
+        parts.append(f"keep {_devs(r.keep)}")
+    if r.destroy:
+        parts.append(f"destroy {_devs(r.destroy)}")
+    if r.adjust:  # kept GPU instances whose compute instances change
+        parts.append("change " + ", ".join(f"{a.current.profile}@{a.current.placement.start} -> {a.target.profile}" for a in r.adjust))
+    if r.create:
+        parts.append(f"create {_devs(r.create)}")
+    return parts
 
 
 def inferred_plan_notes(plan: NodePlan) -> list[str]:

@@ -29,6 +29,8 @@ COMMANDS = (
     "service",
     "journal",
     "sim",
+    "checkpoint",
+    "restore",
     "request",
     "release",
     "suggest",

@@ -18,7 +18,7 @@ from migmanagerd.log import get_logger
 from migmanagerd.planner.placement import plan_gpu
 from migmanagerd.planner.types import Infeasible
 from migmanagerd.spec.profile import MigProfile
-from migmanagerd.spec.types import ConfigEntry, MigConfig
+from migmanagerd.spec.types import ConfigEntry, MigConfig, PinnedInstance
 
 log = get_logger("planner")
 
@@ -42,6 +42,7 @@ class GpuTarget:
     entry: ConfigEntry
     mig_enabled: bool
     mig_devices: tuple[tuple[MigProfile, int], ...]
+    layout: tuple[PinnedInstance, ...] | None = None  # restore: exact placements
 
 
 class _GpuInfoLike(Protocol):
@@ -129,6 +130,7 @@ def resolve_config(config: MigConfig, gpus: Sequence[GpuSlot]) -> dict[int, GpuT
                 entry=entry,
                 mig_enabled=entry.mig_enabled,
                 mig_devices=entry.mig_devices if entry.mig_enabled else (),
+                layout=entry.layout if entry.mig_enabled else None,
             )
     return targets
 

@@ -69,6 +69,19 @@ def load_inputs(opts: ServiceOptions, paths: NodePaths, state_selection: str | N
     )
 
 
+def inputs_for(name: str, config: MigConfig, source: str, opts: ServiceOptions, paths: NodePaths) -> RunInputs:
+    """A run's inputs for a config that does not come from config.yaml (a
+    checkpoint's, for ``restore``): hooks, clients and integrations as any run."""
+    return RunInputs(
+        name=name,
+        config=config,
+        config_file=source,
+        hooks=load_trusted_hooks(opts.hooks_file, paths.hooks_file),
+        clients=load_trusted_clients(paths.clients_file),
+        integrations=load_trusted_integrations(paths.integrations_file),
+    )
+
+
 def load_trusted_hooks(explicit: str | None, default: Path) -> HooksFile:
     """``explicit`` (-k, the drop-in) must exist; the default path may be absent."""
     if explicit is not None:

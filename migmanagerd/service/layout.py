@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from migmanagerd.apply.observe import NodeState, device_profile
+from migmanagerd.apply.observe import NodeState, ci_profile_name
 from migmanagerd.integrations.layout import GpuLayout, MigDeviceInfo, NodeLayout
 
 
@@ -10,7 +10,7 @@ def node_layout(state: NodeState) -> NodeLayout:
     gpus = []
     for view in state.gpus:
         devices = tuple(
-            MigDeviceInfo(view.index, gi.id, ci.id, device_profile(view.model, gi), ci.uuid)
+            MigDeviceInfo(view.index, gi.id, ci.id, ci_profile_name(view.model, gi, ci), ci.uuid)
             for gi in view.instances
             for ci in gi.compute_instances
         )

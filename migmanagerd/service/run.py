@@ -215,7 +215,7 @@ class ServiceRun:
         failure: Exception | None = None
         try:
             fallback = loaded.state.selected_config if self.opts.name_fallback else None
-            self.inputs = load_inputs(self.opts, self.paths, fallback)
+            self.inputs = self._load_inputs(fallback)
             self.clients.clients = self.inputs.clients
             engine = self._engine()
             outcome = self._converge(engine, self.inputs)
@@ -268,6 +268,10 @@ class ServiceRun:
             failed = RunOutcome(failure.exit_code, "failed", str(failure))
             self._record(name, started, failed)
             return failed
+
+    def _load_inputs(self, state_selection: str | None) -> RunInputs:
+        """What this run converges to (``restore`` brings its own: service/restore.py)."""
+        return load_inputs(self.opts, self.paths, state_selection)
 
     def _restart_owed(self, failure: Exception | None) -> Exception | None:
         """Units an earlier run left stopped are owed a start even when this

@@ -1,9 +1,10 @@
 """MIG profile names: ``[Nc.]Ng.Mgb[+attr[,attr]|-attr]``.
 
-A name in ``mig-devices`` names one MIG device: a GPU instance of ``Ng.Mgb``
-holding one compute instance of ``N`` compute slices (the whole GPU instance
-when the ``Nc.`` prefix is absent). Attribute rules follow the MIG user guide
-and NVML's profile naming (docs/mig-geometry.md, section 2):
+A name in ``mig-devices`` names one MIG device: a compute instance of ``N``
+compute slices (the whole GPU instance when the ``Nc.`` prefix is absent) in
+a GPU instance of ``Ng.Mgb``; how several share a GPU instance is
+planner.packing's rule. Attribute rules follow the MIG user guide and NVML's
+profile naming (docs/mig-geometry.md, section 2):
 ``+me`` (media engines), ``+me.all`` (all media engines), ``+gfx`` (graphics),
 ``-me`` (no media engines); ``+`` and ``-`` attributes never mix.
 """

@@ -29,6 +29,19 @@ class DeviceFilter:
 
 
 @dataclass(frozen=True)
+class PinnedInstance:
+    """One GPU instance at an exact placement, with its compute instances.
+
+    Only ``restore`` makes these (from a checkpoint file); a config file
+    cannot: there the planner chooses placements.
+    """
+
+    gi_profile: str  # canonical GI profile name, e.g. "3g.20gb"
+    start: int  # memory-slice placement
+    cis: tuple[tuple[str, int | None], ...]  # (canonical CI profile name, compute-slice start or None), creation order
+
+
+@dataclass(frozen=True)
 class ConfigEntry:
     """One list item of a config: which GPUs, MIG on/off, which MIG devices."""
 
@@ -39,6 +52,8 @@ class ConfigEntry:
     mig_enabled: bool
     mig_devices: tuple[tuple[MigProfile, int], ...]  # file order, zero counts dropped
     loc: SourceLocation
+    # restore only: this exact layout instead of a planned one (None: plan it)
+    layout: tuple[PinnedInstance, ...] | None = None
 
     def selects(self, index: int, pci_device_id: int, pci_subsystem_id: int | None) -> bool:
         if self.devices != "all" and index not in self.devices:
