@@ -10,8 +10,8 @@ the list come out at exactly the peer's 754 configs.
 
 Running the enumeration takes about 45 s of CPU, so the tests read its result
 from ``data/mig_parted_a100_40gb_configs.json``;
-``test_packing.py::test_peer_enumeration_matches_the_stored_list`` checks the
-two agree when MIGMANAGERD_SLOW_TESTS=1.
+``test_packing.py::test_peer_enumeration_matches_the_stored_list`` checks, in
+every run, that the two agree.
 """
 
 from __future__ import annotations

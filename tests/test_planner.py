@@ -42,10 +42,7 @@ def _rules_hold(model: GpuModel, layout) -> bool:
             return False
     if sum(model.gi_profile(n).compute_slices for n, _ in layout) > model.compute_slices:
         return False
-    for group in model.exclusive_groups:
-        if sum(1 for g in group if counts[g]) > 1:
-            return False
-    return True
+    return all(sum(1 for g in group if counts[g]) <= 1 for group in model.exclusive_groups)
 
 
 @cache
@@ -90,7 +87,7 @@ def _multisets(model: GpuModel):
     profiles = model.gi_profiles
     rng = random.Random(f"multisets-{model.name}")
     for counts in itertools.product(*(range(p.max_count + 1) for p in profiles)):
-        memory = sum(p.memory_slices * k for p, k in zip(profiles, counts))
+        memory = sum(p.memory_slices * k for p, k in zip(profiles, counts, strict=True))
         if memory <= model.memory_slices + 2 or rng.random() < 0.01:
             yield counts
 
@@ -101,8 +98,8 @@ def test_every_multiset_from_empty_is_valid_or_truly_infeasible(model):
     profiles = model.gi_profiles
     n_feasible = 0
     for counts in _multisets(model):
-        target = [(P(p.name), k) for p, k in zip(profiles, counts) if k]
-        key = frozenset((p.name, k) for p, k in zip(profiles, counts) if k)
+        target = [(P(p.name), k) for p, k in zip(profiles, counts, strict=True) if k]
+        key = frozenset((p.name, k) for p, k in zip(profiles, counts, strict=True) if k)
         result = plan_gpu(model, [], target)
         if isinstance(result, Infeasible):
             assert key not in feasible, f"{model.name}: planner says {result.reason!r} for {target}"
@@ -112,7 +109,7 @@ def test_every_multiset_from_empty_is_valid_or_truly_infeasible(model):
         assert key in feasible
         assert result.keep == () and result.destroy == ()
         assert check_layout(model, result.create) is None
-        assert Counter(d.profile for d in result.create) == Counter({p.name: k for p, k in zip(profiles, counts) if k})
+        assert Counter(d.profile for d in result.create) == Counter({p.name: k for p, k in zip(profiles, counts, strict=True) if k})
     assert n_feasible == len(feasible)  # every feasible multiset was found feasible
 
 

@@ -26,17 +26,21 @@ from migmanagerd.spec.profile import MigProfile, ProfileNameError
 DEFAULT_LABEL = "current"
 
 
-def _sort_key(profile: str):
+def _sort_key(profile: str) -> tuple[int, MigProfile | None, str]:
     try:
         return (0, MigProfile.parse(profile), profile)
     except ProfileNameError:
         return (1, None, profile)
 
 
+# GPUs export as one entry when PCI id, MIG mode and devices (profile, count) agree
+_GroupKey = tuple[int, bool, tuple[tuple[str, int], ...]]
+
+
 def node_config(state: NodeState, name: str = DEFAULT_LABEL) -> tuple[ConfigText, list[str]]:
     warnings: list[str] = []
-    groups: dict[tuple, list[int]] = {}
-    models: dict[tuple, str] = {}
+    groups: dict[_GroupKey, list[int]] = {}
+    models: dict[_GroupKey, str] = {}
     for view in state.gpus:
         if not view.mig_capable:
             continue

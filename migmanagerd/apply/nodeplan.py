@@ -131,37 +131,33 @@ def _target_devices(target: GpuTarget) -> tuple[tuple[str, int], ...]:
 
 def plan_one(view: GpuView, target: GpuTarget | None, *, mode_only: bool = False) -> GpuPlanEntry:
     mode = view.mode
-    base = dict(
-        index=view.index,
-        model=view.model_name,
-        mode_current=mode.current,
-        mode_pending=mode.pending,
-        mode_only=mode_only,
-        current_devices=view.devices if mode.current else (),
-    )
+
+    def entry(
+        mode_target: bool | None, result: GpuPlan | Infeasible | None, devices: tuple[tuple[str, int], ...] = ()
+    ) -> GpuPlanEntry:
+        return GpuPlanEntry(
+            index=view.index, model=view.model_name, mode_current=mode.current, mode_pending=mode.pending,
+            mode_target=mode_target, result=result, mode_only=mode_only, target_devices=devices,
+            current_devices=view.devices if mode.current else (),
+        )
+
     if target is None:
-        return GpuPlanEntry(mode_target=None, result=None, **base)
-    wanted = bool(target.mig_enabled)
-    if not wanted:
+        return entry(None, None)
+    if not target.mig_enabled:
         # Disabling: every instance goes first; the mode switch follows.
-        plan = GpuPlan(keep=(), destroy=view.devices if mode.current else (), create=())
-        return GpuPlanEntry(mode_target=False, result=plan, **base)
+        return entry(False, GpuPlan(keep=(), destroy=view.devices if mode.current else (), create=()))
     # Enabled while the mode that is active now is off: the activating reset
     # clears the GPU, so the layout is built from nothing.
     current: tuple[MigDevice, ...] = view.devices if mode.current else ()
     devices = _target_devices(target)
     if mode_only:
-        return GpuPlanEntry(
-            mode_target=True, result=GpuPlan(keep=current, destroy=(), create=()), target_devices=devices, **base
-        )
+        return entry(True, GpuPlan(keep=current, destroy=(), create=()), devices)
     if view.model is None:
         reason = f"unknown GPU model '{view.info.name}' (PCI id 0x{view.info.pci_device_id:08X}); no MIG geometry for it"
-        return GpuPlanEntry(mode_target=True, result=Infeasible(reason), target_devices=devices, **base)
+        return entry(True, Infeasible(reason), devices)
     if target.layout is not None:  # restore: the checkpoint's placements
-        result = plan_exact(view.model, current, target.layout)
-    else:
-        result = plan_gpu(view.model, current, target.mig_devices)
-    return GpuPlanEntry(mode_target=True, result=result, target_devices=devices, **base)
+        return entry(True, plan_exact(view.model, current, target.layout), devices)
+    return entry(True, plan_gpu(view.model, current, target.mig_devices), devices)
 
 
 def plan_node(config: MigConfig, state: NodeState, *, mode_only: bool = False) -> NodePlan:

@@ -9,19 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 
-from migmanagerd.apply.nodeplan import NodePlan
+from migmanagerd.apply.nodeplan import GpuPlanEntry, NodePlan
 from migmanagerd.cli.common import add_backend, add_config_file, add_debug, add_mode_only, add_selected_config
 from migmanagerd.cli.persisted_args import fill_from_persisted
 from migmanagerd.cli.picture import add_picture_options, picture_wanted
 from migmanagerd.cli.selection import load_selection, open_engine
 from migmanagerd.errors import EXIT_OK, EXIT_USAGE
-from migmanagerd.planner.types import GpuPlan, MigDevice
+from migmanagerd.planner.types import GpuPlan, Infeasible, MigDevice
 
 # The engine and renderers are imported when a command runs, so `--help`
 # and the other commands work whatever state those modules are in.
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "plan",
         help="show what apply would change, per GPU",
@@ -46,29 +46,28 @@ def _onoff(flag: bool | None) -> str:
     return {True: "enabled", False: "disabled", None: "-"}[flag]
 
 
-def format_plan(plan) -> list[str]:
-    lines = [f"config '{plan.config}':"]
-    for e in plan.gpus:
-        head = f"GPU {e.index} ({e.model})"
-        if not e.selected:
-            lines.append(f"{head}: not selected by this config; left as is")
-            continue
-        mode = f"MIG {_onoff(e.mode_current)}"
-        if e.mode_pending != e.mode_current:
-            mode += f" ({_onoff(e.mode_pending)} pending)"
-        if e.needs_mode_change:
-            mode += f" -> {_onoff(e.mode_target)}"
-        if not e.feasible:
-            lines.append(f"{head}: {mode}; does not fit: {e.result.reason}")
-            continue
-        parts = [mode]
-        r = e.result
-        if isinstance(r, GpuPlan):
-            parts += _changes(r)
-            if r.is_noop and not e.needs_mode_change:
-                parts.append("no change")
-        lines.append(f"{head}: " + "; ".join(parts))
-    return lines
+def format_plan(plan: NodePlan) -> list[str]:
+    return [f"config '{plan.config}':", *(_gpu_line(e) for e in plan.gpus)]
+
+
+def _gpu_line(e: GpuPlanEntry) -> str:
+    head = f"GPU {e.index} ({e.model})"
+    if not e.selected:
+        return f"{head}: not selected by this config; left as is"
+    mode = f"MIG {_onoff(e.mode_current)}"
+    if e.mode_pending != e.mode_current:
+        mode += f" ({_onoff(e.mode_pending)} pending)"
+    if e.needs_mode_change:
+        mode += f" -> {_onoff(e.mode_target)}"
+    r = e.result
+    if isinstance(r, Infeasible):
+        return f"{head}: {mode}; does not fit: {r.reason}"
+    parts = [mode]
+    if isinstance(r, GpuPlan):
+        parts += _changes(r)
+        if r.is_noop and not e.needs_mode_change:
+            parts.append("no change")
+    return f"{head}: " + "; ".join(parts)
 
 
 def _changes(r: GpuPlan) -> list[str]:

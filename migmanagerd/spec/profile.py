@@ -35,6 +35,21 @@ def _check_plain(text: object) -> None:
         raise ProfileNameError(f"'{text}': a MIG profile name must not start or end with whitespace")
 
 
+def _attributes(text: str, sign: str, listed: str) -> tuple[str, ...]:
+    """The sorted attributes after ``sign`` in profile name ``text``; each known, none twice."""
+    parts = listed.split(",")
+    known = PLUS_ATTRIBUTES if sign == "+" else MINUS_ATTRIBUTES
+    for part in parts:
+        if part == "":
+            raise ProfileNameError(f"'{text}': empty attribute after '{sign}'")
+        if part not in known:
+            allowed = ", ".join(sign + a for a in known)
+            raise ProfileNameError(f"'{text}': unknown attribute '{sign}{part}' (known: {allowed})")
+    if len(set(parts)) != len(parts):
+        raise ProfileNameError(f"'{text}': attribute repeated")
+    return tuple(sorted(parts))
+
+
 @dataclass(frozen=True, order=True)
 class MigProfile:
     """A parsed MIG profile name. ``str()`` is the canonical form."""
@@ -67,19 +82,7 @@ class MigProfile:
                 f"'{text}': compute instance ({c}c) is larger than its GPU instance ({g}g)"
             )
         sign = m["sign"] or ""
-        attrs: tuple[str, ...] = ()
-        if sign:
-            parts = m["attrs"].split(",")
-            known = PLUS_ATTRIBUTES if sign == "+" else MINUS_ATTRIBUTES
-            for part in parts:
-                if part == "":
-                    raise ProfileNameError(f"'{text}': empty attribute after '{sign}'")
-                if part not in known:
-                    allowed = ", ".join(sign + a for a in known)
-                    raise ProfileNameError(f"'{text}': unknown attribute '{sign}{part}' (known: {allowed})")
-            if len(set(parts)) != len(parts):
-                raise ProfileNameError(f"'{text}': attribute repeated")
-            attrs = tuple(sorted(parts))
+        attrs = _attributes(text, sign, m["attrs"]) if sign else ()
         return cls(gpu_slices=g, memory_gb=mem, compute_slices=c, sign=sign, attributes=attrs)
 
     @property
