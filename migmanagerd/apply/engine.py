@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from migmanagerd.apply import report as R
@@ -29,8 +30,9 @@ from migmanagerd.apply.progress import Notifier, Progress
 from migmanagerd.apply.report import ApplyReport, GeometryReport, GpuResult, ModeReport
 from migmanagerd.apply.rollback import GpuWriter
 from migmanagerd.apply.run import ApplyRun
-from migmanagerd.catalog.load import load_catalog
+from migmanagerd.catalog.load import Catalog, load_catalog
 from migmanagerd.catalog.model import CiProfile, GiProfile, GpuModel
+from migmanagerd.errors import MigManagerError
 from migmanagerd.gpu.backend import Backend, GpuInfo
 from migmanagerd.log import get_logger
 from migmanagerd.planner.packing import shape_ci_names
@@ -59,7 +61,19 @@ def _mode_text(view: GpuView) -> str:
     return mode
 
 
-def layout_key(view: GpuView) -> tuple:
+LayoutKey = tuple[bool, bool, tuple[tuple[int, int, str], ...]]
+
+
+def _is_bug(exc: Exception) -> bool:
+    """Whether a failure is not one of ours: its traceback is worth logging.
+
+    GPU steps catch every exception, bugs included, so that the GPU is rolled
+    back instead of left half-built; only the unexpected ones need a traceback.
+    """
+    return not isinstance(exc, MigManagerError)
+
+
+def layout_key(view: GpuView) -> LayoutKey:
     """What "the same layout" means for rollback checks: mode and devices at placements."""
     devices = sorted((d.placement.start, d.placement.size, d.profile) for d in view.devices)
     return (view.mode.current, view.mode.pending, tuple(devices))
@@ -69,11 +83,26 @@ def _ops_since(writer: GpuWriter, before: Counter[str]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in writer.ops.items() if v - before.get(k, 0)}
 
 
+@dataclass
+class _ModeWork:
+    """One mode phase's inputs and its results so far, by GPU index."""
+
+    plan: NodePlan
+    state: NodeState
+    writers: dict[int, GpuWriter]
+    progress: Progress
+    start_ops: dict[int, Counter[str]]
+    results: dict[int, GpuResult] = field(default_factory=dict)
+
+    def ops(self, index: int) -> dict[str, int]:
+        return _ops_since(self.writers[index], self.start_ops[index])
+
+
 class ApplyEngine:
     def __init__(
         self,
         backend: Backend,
-        catalog=None,
+        catalog: Catalog | None = None,
         notify: Notifier | None = None,
         *,
         max_workers: int = MAX_WORKERS,
@@ -178,35 +207,60 @@ class ApplyEngine:
         skip_reset: bool,
     ) -> ModeReport:
         entries = [plan.gpu(i) for i in plan.mode_change_gpus]
-        start_ops = {e.index: Counter(writers[e.index].ops) for e in entries}
-        results: dict[int, GpuResult] = {}
+        work = _ModeWork(plan, state, writers, progress, {e.index: Counter(writers[e.index].ops) for e in entries})
+        self._set_modes(work, entries)
+        waiting, reboot = self._pending_modes(work, entries)
+        for i in reboot:
+            work.results[i] = GpuResult(
+                i, R.REBOOT_REQUIRED, work.ops(i),
+                error="MIG mode change is pending and this GPU cannot be reset here; reboot the node",
+            )
+        reset_done: tuple[int, ...] = ()
+        skipped: tuple[int, ...] = ()
+        if waiting and skip_reset:
+            skipped = self._skip_reset(work, waiting)
+        elif waiting:
+            reset_done = self._reset(work, waiting)
+        self._confirm_modes(work, entries)
+        ordered = tuple(work.results[e.index] for e in entries)
+        return ModeReport(ordered, reset=reset_done, reboot_required=tuple(reboot), reset_skipped=skipped)
 
-        def set_one(entry: GpuPlanEntry) -> GpuResult | None:
-            view = state.gpu(entry.index)
-            writer = writers[entry.index]
-            want = bool(entry.mode_target)
-            try:
-                if not want and view.mode.current:
-                    # NVML refuses to disable MIG while GPU instances exist.
-                    for gi in view.instances:
-                        progress.gpu(entry.index, f"destroying GPU instance {gi.id} at slot {gi.start}", "destroy")
-                        writer.destroy_instance(gi)
-                if entry.mode_pending != want:
-                    progress.gpu(entry.index, f"setting MIG mode {'enabled' if want else 'disabled'}", "set_mode")
-                    writer.set_mode(want, previous=entry.mode_pending)
-            except Exception as exc:
-                return self._undo(view, writer, progress, f"setting MIG mode failed: {exc}", start_ops[entry.index])
-            return None
+    def _undo_mode(self, work: _ModeWork, index: int, error: str) -> GpuResult:
+        return self._undo(work.state.gpu(index), work.writers[index], work.progress, error, work.start_ops[index])
 
-        for entry, failure in zip(entries, self._parallel(set_one, entries)):
+    def _set_modes(self, work: _ModeWork, entries: list[GpuPlanEntry]) -> None:
+        """Write the wanted mode on every GPU at once; a GPU that fails is rolled back."""
+        failures = self._parallel(lambda entry: self._set_mode(work, entry), entries)
+        for entry, failure in zip(entries, failures, strict=True):
             if failure is not None:
-                results[entry.index] = failure
+                work.results[entry.index] = failure
 
-        # Which GPUs now wait for a reset to activate the mode.
+    def _set_mode(self, work: _ModeWork, entry: GpuPlanEntry) -> GpuResult | None:
+        view = work.state.gpu(entry.index)
+        writer = work.writers[entry.index]
+        want = bool(entry.mode_target)
+        try:
+            if not want and view.mode.current:
+                # NVML refuses to disable MIG while GPU instances exist.
+                for gi in view.instances:
+                    work.progress.gpu(entry.index, f"destroying GPU instance {gi.id} at slot {gi.start}", "destroy")
+                    writer.destroy_instance(gi)
+            if entry.mode_pending != want:
+                work.progress.gpu(entry.index, f"setting MIG mode {'enabled' if want else 'disabled'}", "set_mode")
+                writer.set_mode(want, previous=entry.mode_pending)
+        except Exception as exc:  # a bug too must roll this GPU back, not leave it half-switched
+            if _is_bug(exc):
+                log.error("GPU %d: unexpected error setting MIG mode", entry.index, exc_info=exc)
+            return self._undo_mode(work, entry.index, f"setting MIG mode failed: {exc}")
+        return None
+
+    def _pending_modes(self, work: _ModeWork, entries: list[GpuPlanEntry]) -> tuple[list[int], list[int]]:
+        """Which GPUs now wait for a reset to activate the mode, and which of
+        them cannot be reset here (a reboot activates it)."""
         waiting: list[int] = []
         reboot: list[int] = []
         for entry in entries:
-            if entry.index in results:
+            if entry.index in work.results:
                 continue
             try:
                 mode = self.backend.mig_mode(entry.index)
@@ -214,70 +268,70 @@ class ApplyEngine:
                     reboot.append(entry.index)
                 elif mode.current != mode.pending:
                     waiting.append(entry.index)
-            except Exception as exc:
-                results[entry.index] = self._undo(
-                    state.gpu(entry.index), writers[entry.index], progress,
-                    f"cannot read MIG mode after setting it: {exc}", start_ops[entry.index],
+            except Exception as exc:  # a bug too must roll this GPU back
+                if _is_bug(exc):
+                    log.error("GPU %d: unexpected error reading MIG mode", entry.index, exc_info=exc)
+                work.results[entry.index] = self._undo_mode(
+                    work, entry.index, f"cannot read MIG mode after setting it: {exc}"
                 )
-        for i in reboot:
-            results[i] = GpuResult(
-                i, R.REBOOT_REQUIRED, _ops_since(writers[i], start_ops[i]),
-                error="MIG mode change is pending and this GPU cannot be reset here; reboot the node",
-            )
-        reset_done: tuple[int, ...] = ()
-        skipped: tuple[int, ...] = ()
-        if waiting and skip_reset:
-            skipped = tuple(waiting)
-            for i in waiting:
-                results[i] = GpuResult(
-                    i, R.MODE_PENDING, _ops_since(writers[i], start_ops[i]),
-                    error="MIG mode change is pending a GPU reset (reset skipped on request)",
-                )
-        elif waiting:
-            reset_done = self._reset(waiting, state, plan, writers, progress, results, start_ops)
+        return waiting, reboot
 
+    @staticmethod
+    def _skip_reset(work: _ModeWork, waiting: list[int]) -> tuple[int, ...]:
+        for i in waiting:
+            work.results[i] = GpuResult(
+                i, R.MODE_PENDING, work.ops(i),
+                error="MIG mode change is pending a GPU reset (reset skipped on request)",
+            )
+        return tuple(waiting)
+
+    def _confirm_modes(self, work: _ModeWork, entries: list[GpuPlanEntry]) -> None:
+        """Read back the mode of every GPU not yet decided: applied, or rolled back."""
         for entry in entries:
             i = entry.index
-            if i in results:
+            if i in work.results:
                 continue
             try:
                 mode = self.backend.mig_mode(i)
-            except Exception as exc:
-                results[i] = self._undo(state.gpu(i), writers[i], progress, f"cannot read MIG mode: {exc}", start_ops[i])
+            except Exception as exc:  # a bug too must roll this GPU back
+                if _is_bug(exc):
+                    log.error("GPU %d: unexpected error reading MIG mode", i, exc_info=exc)
+                work.results[i] = self._undo_mode(work, i, f"cannot read MIG mode: {exc}")
                 continue
             if mode.current == entry.mode_target and mode.pending == entry.mode_target:
-                results[i] = GpuResult(i, R.APPLIED, _ops_since(writers[i], start_ops[i]))
+                work.results[i] = GpuResult(i, R.APPLIED, work.ops(i))
             else:
-                results[i] = self._undo(
-                    state.gpu(i), writers[i], progress,
+                work.results[i] = self._undo_mode(
+                    work, i,
                     f"MIG mode is {_onoff(mode.current)} ({_onoff(mode.pending)} pending) after the change, "
                     f"wanted {_onoff(bool(entry.mode_target))}",
-                    start_ops[i],
                 )
-        ordered = tuple(results[e.index] for e in entries)
-        return ModeReport(ordered, reset=reset_done, reboot_required=tuple(reboot), reset_skipped=skipped)
 
-    def _reset(self, indices, state, plan, writers, progress, results, start_ops) -> tuple[int, ...]:
-        progress.node(f"resetting GPU(s) {', '.join(map(str, indices))} to activate the MIG mode change", "reset")
+    def _reset(self, work: _ModeWork, indices: list[int]) -> tuple[int, ...]:
+        work.progress.node(f"resetting GPU(s) {', '.join(map(str, indices))} to activate the MIG mode change", "reset")
         error: str | None = None
         try:
             self.backend.reset(list(indices))
-        except Exception as exc:
+        except Exception as exc:  # a bug too: the GPUs are read back below and rolled back
+            if _is_bug(exc):
+                log.error("unexpected error resetting GPU(s) %s", indices, exc_info=exc)
             error = str(exc)
         done = []
         for i in indices:
-            want = plan.gpu(i).mode_target
+            want = work.plan.gpu(i).mode_target
             try:
                 mode = self.backend.mig_mode(i)
-            except Exception as exc:
-                results[i] = self._undo(state.gpu(i), writers[i], progress, f"cannot read MIG mode after reset: {exc}", start_ops[i])
+            except Exception as exc:  # a bug too must roll this GPU back
+                if _is_bug(exc):
+                    log.error("GPU %d: unexpected error reading MIG mode", i, exc_info=exc)
+                work.results[i] = self._undo_mode(work, i, f"cannot read MIG mode after reset: {exc}")
                 continue
             if mode.current == want and mode.pending == want:
-                writers[i].record_reset()
+                work.writers[i].record_reset()
                 done.append(i)
             else:
                 why = f"GPU reset failed: {error}" if error else f"MIG mode still {_onoff(mode.current)} after reset"
-                results[i] = self._undo(state.gpu(i), writers[i], progress, why, start_ops[i])
+                work.results[i] = self._undo_mode(work, i, why)
         return tuple(done)
 
     def _geometry_phase(
@@ -297,14 +351,43 @@ class ApplyEngine:
         except Exception as exc:
             # Without a fresh view nothing can be built safely; undo what the
             # mode phase did so no GPU is left switched but empty.
-            results = []
-            for i, writer in writers.items():
-                if i in skip or not writer.wrote:
-                    continue
-                results.append(self._undo(state0.gpu(i), writer, progress, f"cannot plan MIG devices: {exc}", Counter(writer.ops)))
-            if not results:
+            undone = self._undo_unplanned(state0, writers, progress, skip, exc)
+            if not undone:
                 raise
-            return GeometryReport(tuple(results))
+            if _is_bug(exc):
+                log.error("unexpected error planning MIG devices", exc_info=exc)
+            return GeometryReport(tuple(undone))
+        jobs, results = self._geometry_jobs(plan, state, skip)
+        before_views = {v.index: v for v in state0.gpus}
+        if before is not None and any(e.needs_geometry_change for _, e in jobs):
+            self._run_before_geometry(before, plan, writers, before_views, progress)
+
+        def one(job: tuple[GpuView, GpuPlanEntry]) -> GpuResult:
+            view, entry = job
+            writer = writers.get(view.index) or GpuWriter(self.backend, view.index, progress.for_gpu(view.index))
+            return self._apply_gpu(view, entry, writer, before_views.get(view.index, view), progress)
+
+        for (view, _), res in zip(jobs, self._parallel(one, jobs), strict=True):
+            results[view.index] = res
+        order = [e.index for e in plan.gpus if e.index in results]
+        return GeometryReport(tuple(results[i] for i in order))
+
+    def _undo_unplanned(
+        self, state0: NodeState, writers: dict[int, GpuWriter], progress: Progress, skip: set[int], exc: Exception
+    ) -> list[GpuResult]:
+        """Roll back every GPU the mode phase wrote on (those in ``skip`` stay)."""
+        undone: list[GpuResult] = []
+        for i, writer in writers.items():
+            if i in skip or not writer.wrote:
+                continue
+            undone.append(self._undo(state0.gpu(i), writer, progress, f"cannot plan MIG devices: {exc}", Counter(writer.ops)))
+        return undone
+
+    @staticmethod
+    def _geometry_jobs(
+        plan: NodePlan, state: NodeState, skip: set[int]
+    ) -> tuple[list[tuple[GpuView, GpuPlanEntry]], dict[int, GpuResult]]:
+        """The GPUs to lay out, and the results of those skipped for want of MIG mode."""
         jobs: list[tuple[GpuView, GpuPlanEntry]] = []
         results: dict[int, GpuResult] = {}
         for entry in plan.gpus:
@@ -317,25 +400,24 @@ class ApplyEngine:
                 )
                 continue
             jobs.append((view, entry))
-        before_views = {v.index: v for v in state0.gpus}
-        if before is not None and any(e.needs_geometry_change for _, e in jobs):
-            try:
-                before(plan)
-            except BaseException:
-                for i, writer in writers.items():
-                    if writer.wrote:
-                        self._undo(before_views[i], writer, progress, "stopped before creating MIG devices", Counter(writer.ops))
-                raise
+        return jobs, results
 
-        def one(job: tuple[GpuView, GpuPlanEntry]) -> GpuResult:
-            view, entry = job
-            writer = writers.get(view.index) or GpuWriter(self.backend, view.index, progress.for_gpu(view.index))
-            return self._apply_gpu(view, entry, writer, before_views.get(view.index, view), progress)
-
-        for (view, _), res in zip(jobs, self._parallel(one, jobs)):
-            results[view.index] = res
-        order = [e.index for e in plan.gpus if e.index in results]
-        return GeometryReport(tuple(results[i] for i in order))
+    def _run_before_geometry(
+        self,
+        before: PhaseHook,
+        plan: NodePlan,
+        writers: dict[int, GpuWriter],
+        before_views: dict[int, GpuView],
+        progress: Progress,
+    ) -> None:
+        """The pre-apply-config hook; when it raises, the mode changes are undone first."""
+        try:
+            before(plan)
+        except BaseException:
+            for i, writer in writers.items():
+                if writer.wrote:
+                    self._undo(before_views[i], writer, progress, "stopped before creating MIG devices", Counter(writer.ops))
+            raise
 
     def _apply_gpu(
         self, view: GpuView, entry: GpuPlanEntry, writer: GpuWriter, before: GpuView, progress: Progress
@@ -355,11 +437,15 @@ class ApplyEngine:
             return self._fail_before_write(before, writer, progress, str(exc), start)
         try:
             self._write_plan(view, result, creates, writer, progress)
-        except Exception as exc:
+        except Exception as exc:  # a bug too must roll this GPU back, not leave it half-built
+            if _is_bug(exc):
+                log.error("GPU %d: unexpected error creating MIG devices", i, exc_info=exc)
             return self._undo(before, writer, progress, str(exc), start)
         try:
             after = self.observe_gpu(view)
-        except Exception as exc:
+        except Exception as exc:  # a bug too must roll this GPU back
+            if _is_bug(exc):
+                log.error("GPU %d: unexpected error reading the GPU back", i, exc_info=exc)
             return self._undo(before, writer, progress, f"cannot read the GPU back after applying: {exc}", start)
         got = Counter(d.profile for d in after.devices)
         want = Counter(d.profile for d in result.target)
@@ -378,12 +464,16 @@ class ApplyEngine:
         writer: GpuWriter,
         progress: Progress,
     ) -> None:
-        """Destroy whole GPU instances, change the CIs of kept ones, create new ones."""
+        """Destroy whole GPU instances, change the CIs of kept ones, create new ones.
+
+        A device the plan names but the GPU no longer has is an expected
+        failure (``MigManagerError``, no traceback): the caller rolls back.
+        """
         i = view.index
         for dev in result.destroy:
             gi = view.instance(dev.gi_id) if dev.gi_id is not None else None
             if gi is None:
-                raise RuntimeError(f"GPU instance for {dev.profile} at slot {dev.placement.start} not found")
+                raise MigManagerError(f"GPU instance for {dev.profile} at slot {dev.placement.start} not found")
             progress.gpu(i, f"destroying {dev.profile} at slot {dev.placement.start}", "destroy")
             writer.destroy_instance(gi)
         for change in result.adjust:
@@ -400,13 +490,13 @@ class ApplyEngine:
         gi = view.instance(dev.gi_id) if dev.gi_id is not None else None
         gi_profile = view.model.gi_profile_by_id(gi.profile_id) if gi is not None and view.model else None
         if gi is None or gi_profile is None:
-            raise RuntimeError(f"GPU instance for {dev.profile} at slot {dev.placement.start} not found")
+            raise MigManagerError(f"GPU instance for {dev.profile} at slot {dev.placement.start} not found")
         progress.gpu(i, f"changing {dev.profile} at slot {dev.placement.start} into {change.target.profile}", "create")
         gone = []
         for ci in change.destroy:
             known = next((c for c in gi.compute_instances if c.id == ci.ci_id), None)
             if known is None:
-                raise RuntimeError(f"compute instance {ci.ci_id} of GPU instance {gi.id} not found")
+                raise MigManagerError(f"compute instance {ci.ci_id} of GPU instance {gi.id} not found")
             gone.append(known)
         # smallest first, so that an undo recreates the largest first (as GpuWriter.destroy_instance)
         for known in sorted(gone, key=lambda c: (c.size, -c.start, c.id)):
@@ -414,7 +504,7 @@ class ApplyEngine:
         for name in change.create:
             ci_profile = gi_profile.ci_profile(name)
             if ci_profile is None:
-                raise RuntimeError(f"{gi_profile.name} GPU instance has no compute instance profile {name}")
+                raise MigManagerError(f"{gi_profile.name} GPU instance has no compute instance profile {name}")
             writer.create_compute_instance(gi.id, ci_profile.nvml_id)
 
     @staticmethod
@@ -447,7 +537,9 @@ class ApplyEngine:
 
     # --- outcomes ------------------------------------------------------------
 
-    def _fail_before_write(self, before, writer, progress, error, start) -> GpuResult:
+    def _fail_before_write(
+        self, before: GpuView, writer: GpuWriter, progress: Progress, error: str, start: Counter[str]
+    ) -> GpuResult:
         # Nothing written in this phase, but an earlier phase of the same
         # apply may have changed the mode: undo that too.
         if writer.wrote:
@@ -466,7 +558,9 @@ class ApplyEngine:
             now = format_devices(Counter(d.profile for d in after.devices))
             if after.mode != before.mode:
                 now = f"{now}, {_mode_text(after)} (was {_mode_text(before)}): reset the GPU or reboot to finish"
-        except Exception as exc:
+        except Exception as exc:  # a bug too: the result must still say the rollback is unconfirmed
+            if _is_bug(exc):
+                log.error("GPU %d: unexpected error reading the GPU after rollback", i, exc_info=exc)
             restored, now = False, f"unreadable ({exc})"
         ops = _ops_since(writer, start)
         if restored and not undo_errors:

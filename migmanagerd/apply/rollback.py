@@ -19,6 +19,9 @@ from dataclasses import dataclass
 
 from migmanagerd.errors import MigManagerError
 from migmanagerd.gpu.backend import Backend, BackendError, ComputeInstance, GpuInstance
+from migmanagerd.log import get_logger
+
+log = get_logger("apply")
 
 
 @dataclass(frozen=True)
@@ -168,43 +171,50 @@ class GpuWriter:
         errors: list[str] = []
         gi_ids: dict[int, int] = {}  # old GI id -> id of its recreation
         was_reset = False
+        for step in reversed(self._journal):
+            if isinstance(step, _Reset):
+                # A reset cannot be undone by itself; the mode step before
+                # it is, and then needs a reset of its own (_undo_step).
+                was_reset = True
+                continue
+            try:
+                self._undo_step(step, gi_ids, errors, was_reset=was_reset)
+            except Exception as exc:  # best effort, a bug too: keep undoing the rest
+                if not isinstance(exc, MigManagerError):
+                    log.error("GPU %d: unexpected error undoing a step", self.index, exc_info=exc)
+                errors.append(str(exc))
+        self._journal.clear()
+        return errors
+
+    def _undo_step(self, step: _Step, gi_ids: dict[int, int], errors: list[str], *, was_reset: bool) -> None:
+        """Undo one journaled step; a recreated GPU instance's new id goes into ``gi_ids``."""
 
         def gid(old: int) -> int:
             return gi_ids.get(old, old)
 
-        for step in reversed(self._journal):
-            try:
-                if isinstance(step, _CreatedCi):
-                    self.progress(f"rollback: destroying compute instance {step.ci_id} in GPU instance {gid(step.gi_id)}")
-                    self.backend.destroy_compute_instance(self.index, gid(step.gi_id), step.ci_id)
-                    self.ops["destroy_ci"] += 1
-                elif isinstance(step, _CreatedGi):
-                    self.progress(f"rollback: destroying GPU instance {gid(step.gi_id)}")
-                    self.backend.destroy_gpu_instance(self.index, gid(step.gi_id))
-                    self.ops["destroy_gi"] += 1
-                elif isinstance(step, _DestroyedGi):
-                    self.progress(f"rollback: recreating GPU instance at slot {step.start}")
-                    gi = self.backend.create_gpu_instance(self.index, step.profile_id, step.start)
-                    self.ops["create_gi"] += 1
-                    gi_ids[step.gi_id] = gi.id
-                elif isinstance(step, _DestroyedCi):
-                    self.progress(f"rollback: recreating compute instance in GPU instance {gid(step.gi_id)}")
-                    self.backend.create_compute_instance(self.index, gid(step.gi_id), step.profile_id)
-                    self.ops["create_ci"] += 1
-                elif isinstance(step, _Reset):
-                    # A reset cannot be undone by itself; the mode step before
-                    # it is, and then needs a reset of its own (below).
-                    was_reset = True
-                elif isinstance(step, _SetMode):
-                    self.progress(f"rollback: setting MIG mode back to {'enabled' if step.previous else 'disabled'}")
-                    self.backend.set_mig_mode(self.index, step.previous)
-                    self.ops["set_mode"] += 1
-                    if was_reset:
-                        self._reset_to(step.previous, errors)
-            except Exception as exc:  # best effort: keep undoing the rest
-                errors.append(str(exc))
-        self._journal.clear()
-        return errors
+        if isinstance(step, _CreatedCi):
+            self.progress(f"rollback: destroying compute instance {step.ci_id} in GPU instance {gid(step.gi_id)}")
+            self.backend.destroy_compute_instance(self.index, gid(step.gi_id), step.ci_id)
+            self.ops["destroy_ci"] += 1
+        elif isinstance(step, _CreatedGi):
+            self.progress(f"rollback: destroying GPU instance {gid(step.gi_id)}")
+            self.backend.destroy_gpu_instance(self.index, gid(step.gi_id))
+            self.ops["destroy_gi"] += 1
+        elif isinstance(step, _DestroyedGi):
+            self.progress(f"rollback: recreating GPU instance at slot {step.start}")
+            gi = self.backend.create_gpu_instance(self.index, step.profile_id, step.start)
+            self.ops["create_gi"] += 1
+            gi_ids[step.gi_id] = gi.id
+        elif isinstance(step, _DestroyedCi):
+            self.progress(f"rollback: recreating compute instance in GPU instance {gid(step.gi_id)}")
+            self.backend.create_compute_instance(self.index, gid(step.gi_id), step.profile_id)
+            self.ops["create_ci"] += 1
+        elif isinstance(step, _SetMode):
+            self.progress(f"rollback: setting MIG mode back to {'enabled' if step.previous else 'disabled'}")
+            self.backend.set_mig_mode(self.index, step.previous)
+            self.ops["set_mode"] += 1
+            if was_reset:
+                self._reset_to(step.previous, errors)
 
     def _reset_to(self, enabled: bool, errors: list[str]) -> None:
         """Activate the mode just set back with a reset, as the apply's own
