@@ -4,11 +4,10 @@ the same run as ``apply`` (hooks, GPU clients, journal, run lock)."""
 from __future__ import annotations
 
 import argparse
-import os
 
 from migmanagerd.cli.cmd_checkpoint import add_checkpoint_file, checkpoint_path
-from migmanagerd.cli.cmd_service import _seconds
-from migmanagerd.cli.common import add_backend, add_debug, add_hooks_file, add_mode_only, env_flag
+from migmanagerd.cli.cmd_service import add_change_options
+from migmanagerd.cli.common import add_hooks_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,22 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     add_checkpoint_file(p)
     add_hooks_file(p)
-    add_mode_only(p, "restore")
-    p.add_argument(
-        "-s", "--skip-reset", action="store_true", default=env_flag("MIG_PARTED_SKIP_RESET"),
-        help="do not reset GPUs after a MIG mode change; it stays pending (env MIG_PARTED_SKIP_RESET)",
-    )
-    p.add_argument(
-        "--no-reboot", action="store_true", default=env_flag("MIGMANAGERD_NO_REBOOT"),
-        help="never reboot the node for a MIG mode change that needs one (env MIGMANAGERD_NO_REBOOT)",
-    )
-    p.add_argument(
-        "--hook-timeout", type=_seconds, metavar="SECONDS",
-        default=os.environ.get("MIGMANAGERD_HOOK_TIMEOUT") or "120",
-        help="time limit for each hook (default 120; env MIGMANAGERD_HOOK_TIMEOUT)",
-    )
-    add_backend(p)
-    add_debug(p)
+    add_change_options(p, "restore")
     p.set_defaults(func=run)
 
 

@@ -23,7 +23,13 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     add_config_file(p)
     add_selected_config(p)
     add_hooks_file(p)
-    add_mode_only(p, "apply")
+    add_change_options(p, "apply")
+
+
+def add_change_options(p: argparse.ArgumentParser, command: str) -> None:
+    """How a run changes the node (mode switch, reset, reboot, hooks): every
+    command that runs the service flow, `restore` included, takes the same."""
+    add_mode_only(p, command)
     p.add_argument(
         "-s", "--skip-reset", action="store_true", default=env_flag("MIG_PARTED_SKIP_RESET"),
         help="do not reset GPUs after a MIG mode change; it stays pending (env MIG_PARTED_SKIP_RESET)",
