@@ -34,6 +34,7 @@ from pathlib import Path
 from migmanagerd.catalog.load import Catalog, load_catalog
 from migmanagerd.catalog.model import GpuModel
 from migmanagerd.errors import SourceLocation, SpecError
+from migmanagerd.ondemand.layouts import fits, legal_multisets
 from migmanagerd.planner.placement import plan_gpu
 from migmanagerd.planner.types import Infeasible
 from migmanagerd.spec.profile import MigProfile, ProfileNameError
@@ -233,26 +234,9 @@ def catalog_geometries(model: GpuModel) -> tuple[Geometry, ...]:
     profiles = _plain_profiles(model)
     sizes = {p: model.gi_profile(MigProfile.parse(p).gi_name).memory_slices for p in profiles}  # type: ignore[union-attr]
     memory = {p: _catalog_memory(model, p) or 0 for p in profiles}
-    feasible: list[tuple[tuple[str, int], ...]] = []
-
-    def fits(target: tuple[tuple[str, int], ...]) -> bool:
-        return not isinstance(plan_gpu(model, (), _target(target)), Infeasible)
-
-    def grow(i: int, chosen: tuple[tuple[str, int], ...]) -> None:
-        if i == len(profiles):
-            if chosen:
-                feasible.append(chosen)
-            return
-        grow(i + 1, chosen)
-        n = 1
-        while fits((*chosen, (profiles[i], n))):
-            grow(i + 1, (*chosen, (profiles[i], n)))
-            n += 1
-
-    grow(0, ())
     maximal = [
-        t for t in feasible
-        if not any(fits(_add(t, p)) for p in profiles)
+        t for t in legal_multisets(model, tuple(profiles))
+        if not any(fits(model, _add(t, p)) for p in profiles)
     ]
 
     def order(t: tuple[tuple[str, int], ...]) -> tuple[int, tuple[int, ...], tuple[str, ...]]:

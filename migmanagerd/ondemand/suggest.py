@@ -35,8 +35,7 @@ from itertools import product
 from migmanagerd.apply.configtext import ConfigText, EntryText
 from migmanagerd.catalog.model import GpuModel
 from migmanagerd.errors import UsageError
-from migmanagerd.planner.placement import plan_gpu
-from migmanagerd.planner.types import Infeasible
+from migmanagerd.ondemand.layouts import Multiset, legal_multisets
 from migmanagerd.spec.profile import MigProfile, ProfileNameError
 
 _NEED = re.compile(r"^\s*(\d+)\s*[xX]\s*(\S+)\s*$")
@@ -139,29 +138,9 @@ def _plain(model: GpuModel) -> list[tuple[str, int, int]]:
     return out
 
 
-@cache
-def _multisets(model: GpuModel) -> tuple[tuple[tuple[str, int], ...], ...]:
-    """Every legal non-empty multiset of plain instances on ``model``."""
-    profiles = [p for p, _, _ in _plain(model)]
-    found: list[tuple[tuple[str, int], ...]] = []
-
-    def fits(t: tuple[tuple[str, int], ...]) -> bool:
-        target = tuple((MigProfile.parse(p), n) for p, n in t)
-        return not isinstance(plan_gpu(model, (), target), Infeasible)
-
-    def grow(i: int, chosen: tuple[tuple[str, int], ...]) -> None:
-        if i == len(profiles):
-            if chosen:
-                found.append(chosen)
-            return
-        grow(i + 1, chosen)
-        n = 1
-        while fits((*chosen, (profiles[i], n))):
-            grow(i + 1, (*chosen, (profiles[i], n)))
-            n += 1
-
-    grow(0, ())
-    return tuple(found)
+def _multisets(model: GpuModel) -> tuple[Multiset, ...]:
+    """Every legal non-empty multiset of plain instances on ``model``, large profiles first."""
+    return legal_multisets(model, tuple(p for p, _, _ in _plain(model)))
 
 
 def _splits(n: int, parts: int) -> list[tuple[int, ...]]:
